@@ -1,0 +1,177 @@
+//! The command line: clap definitions (their doc comments are the help) and
+//! dispatch to one module per command under `cmd/`.
+
+use crate::call::AuthScheme;
+use crate::edit::Op;
+use crate::pacer::RateSpec;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Batch imports of conversation edits into the Attention and VG APIs, audited in SQLite.
+#[derive(Debug, Parser)]
+#[command(name = "convoy", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// The audit database (created and migrated when missing).
+    #[arg(long, global = true, env = "CONVOY_DB", default_value = "convoy.db")]
+    pub db: PathBuf,
+
+    /// No progress bar or progress lines (the summary and errors still print).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a batch: validate every row, then send each as one API call.
+    Run(crate::cmd::run::RunArgs),
+    /// Continue a batch: send every row that has not succeeded.
+    Resume(crate::cmd::resume::ResumeArgs),
+    /// Show all batches, or one batch in detail.
+    Status(crate::cmd::status::StatusArgs),
+    /// Export a batch's failed, invalid and pending rows as CSV, ready to fix and run again.
+    Failures(crate::cmd::failures::FailuresArgs),
+    /// Serve a local simulator of both APIs.
+    Sandbox(crate::cmd::sandbox::SandboxArgs),
+}
+
+/// How calls are made: shared by `run` and `resume`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ExecArgs {
+    /// Most calls in flight at once [default: 8]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub concurrency: Option<u32>,
+
+    /// Attention pace: N/s, N/min, N/h, 0 (unlimited), auto, or auto:N/s (auto with a ceiling) [default: auto]
+    #[arg(long, env = "CONVOY_ATTENTION_RATE")]
+    pub attention_rate: Option<RateSpec>,
+
+    /// VG pace, as --attention-rate [default: auto]
+    #[arg(long, env = "CONVOY_VG_RATE")]
+    pub vg_rate: Option<RateSpec>,
+
+    /// Attempts per row in all, retries included [default: 5]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_attempts: Option<u32>,
+
+    /// Per-request timeout, like 30s, 500ms or 2m [default: 30s]
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+
+    /// Attention base URL [default: https://api.attention.tech/v2]
+    #[arg(long, env = "ATTENTION_BASE_URL")]
+    pub attention_url: Option<String>,
+
+    /// VG base URL (picks the region) [default: https://eu-cloudflare.vg-stuff.com]
+    #[arg(long, env = "VG_BASE_URL")]
+    pub vg_url: Option<String>,
+
+    /// How the Attention key is sent: raw (`Authorization: <key>`) or bearer [default: raw]
+    #[arg(long, env = "ATTENTION_AUTH_SCHEME", value_enum)]
+    pub attention_auth_scheme: Option<AuthScheme>,
+
+    /// Run against an in-process sandbox of both APIs: no keys, no network.
+    #[arg(long)]
+    pub sandbox: bool,
+}
+
+/// How rows are read: shared by `run` and `resume`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct InputArgs {
+    /// The op of every row, for a source without an `op` column (a row's own op wins).
+    #[arg(long, value_parser = parse_op)]
+    pub op: Option<Op>,
+
+    /// Send nothing at all if any row is invalid (exit 3).
+    #[arg(long)]
+    pub strict: bool,
+}
+
+fn parse_op(s: &str) -> Result<Op, String> {
+    Op::parse(s).ok_or_else(|| {
+        format!(
+            "unknown op {s:?}; known ops: {}",
+            Op::ALL.map(Op::name).join(", ")
+        )
+    })
+}
+
+/// `30s`, `500ms`, `2m`, `1h`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let bad = || format!("{s:?} is not a duration; write 30s, 500ms or 2m");
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: f64 = n.parse().map_err(|_| bad())?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(bad()),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A duration as a person reads it: `250ms`, `30s`, `2m05s`, `1h02m`.
+pub fn show_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let s = d.as_secs();
+    if s < 60 {
+        let tenths = (ms % 1000) / 100;
+        return if tenths == 0 {
+            format!("{s}s")
+        } else {
+            format!("{s}.{tenths}s")
+        };
+    }
+    if s < 3600 {
+        return format!("{}m{:02}s", s / 60, s % 60);
+    }
+    format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+}
+
+pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let Cli { command, db, quiet } = cli;
+    let global = crate::cmd::Global { db, quiet };
+    match command {
+        Command::Run(a) => crate::cmd::run::run(&global, a).await,
+        Command::Resume(a) => crate::cmd::resume::run(&global, a).await,
+        Command::Status(a) => crate::cmd::status::run(&global, a).await,
+        Command::Failures(a) => crate::cmd::failures::run(&global, a).await,
+        Command::Sandbox(a) => crate::cmd::sandbox::run(a).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(show_duration(Duration::from_millis(125_000)), "2m05s");
+    }
+}

@@ -1,0 +1,151 @@
+//! One module per command, each owning its `Args` and a `run`; what they
+//! share (the send phase's ending, signals) is here.
+
+pub mod failures;
+pub mod resume;
+pub mod run;
+pub mod sandbox;
+pub mod status;
+
+use crate::batch::{self, Batch, ConfigError, PlanSummary};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+/// Flags every command takes.
+pub struct Global {
+    pub db: PathBuf,
+    pub quiet: bool,
+}
+
+/// Exit codes (contract section 6).
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const ROWS_FAILED: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const STOPPED: u8 = 3;
+    pub const INTERRUPTED: u8 = 130;
+}
+
+/// Prints a usage, configuration or source error and gives exit 2.
+pub fn usage(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::from(exit::USAGE)
+}
+
+/// First Ctrl-C or SIGTERM: cancel (calls in flight finish). Second: exit at once.
+pub fn on_signals(cancel: CancellationToken, batch_id: String) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!(
+            "\ninterrupted: letting the calls in flight finish, then stopping (signal again to exit at once)"
+        );
+        cancel.cancel();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("exiting at once; `convoy resume {batch_id}` continues the batch");
+        std::process::exit(i32::from(exit::INTERRUPTED));
+    });
+}
+
+/// After the plan phase: check credentials and `--strict`, send, record the
+/// batch's end, print the summary, and choose the exit code.
+pub async fn send_phase(
+    g: &Global,
+    b: &Batch<'_>,
+    plan: &PlanSummary,
+    on_sandbox: bool,
+) -> anyhow::Result<ExitCode> {
+    let Batch {
+        db,
+        id: batch_id,
+        pass,
+        options,
+        endpoints,
+    } = *b;
+    let to_send: u64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit WHERE batch_id = ?1 AND pass = ?2 AND status IN ('pending','in_flight','failed')",
+    )
+    .bind(batch_id)
+    .bind(pass)
+    .fetch_one(&db.pool)
+    .await
+    .map(|n: i64| n as u64)?;
+    if let Err(ConfigError(e)) = endpoints.require(plan.per_api) {
+        batch::set_status(db, batch_id, "failed").await?;
+        eprintln!("error: {e}");
+        eprintln!("nothing was sent; once it is set, `convoy resume {batch_id}` sends the batch");
+        return Ok(ExitCode::from(exit::USAGE));
+    }
+    if options.strict && plan.invalid > 0 {
+        batch::set_status(db, batch_id, "failed").await?;
+        eprintln!(
+            "--strict: {} invalid row(s), so nothing was sent; fix them (`convoy failures {batch_id}`) and `convoy resume {batch_id}`",
+            plan.invalid
+        );
+        return Ok(ExitCode::from(exit::STOPPED));
+    }
+    let cancel = CancellationToken::new();
+    on_signals(cancel.clone(), batch_id.to_owned());
+    let report = batch::execute(b, cancel, g.quiet, to_send).await?;
+    let tally = batch::tally(db, batch_id).await?;
+    let status = if report.interrupted {
+        "interrupted"
+    } else if tally.succeeded == tally.rows {
+        "completed"
+    } else {
+        "failed"
+    };
+    batch::set_status(db, batch_id, status).await?;
+
+    let secs = report.elapsed.as_secs_f64();
+    let sent = report
+        .counters
+        .done
+        .load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "batch {batch_id} {status} in {}{}: {} rows, {} succeeded, {} failed, {} invalid, {} pending ({:.1} rows/s this run)",
+        crate::cli::show_duration(report.elapsed),
+        if on_sandbox {
+            " against the sandbox"
+        } else {
+            ""
+        },
+        tally.rows,
+        tally.succeeded,
+        tally.failed,
+        tally.invalid,
+        tally.pending + tally.in_flight,
+        sent as f64 / secs.max(0.001),
+    );
+    for stop in &report.stops {
+        println!(
+            "stopped the {} API after HTTP {}: its key was rejected; {} row(s) left pending. Fix the key, then `convoy resume {batch_id}`",
+            stop.api, stop.http_status, tally.pending
+        );
+    }
+    if report.interrupted {
+        println!("interrupted: `convoy resume {batch_id}` sends the rest");
+        return Ok(ExitCode::from(exit::INTERRUPTED));
+    }
+    if !report.stops.is_empty() {
+        return Ok(ExitCode::from(exit::STOPPED));
+    }
+    if tally.failed + tally.invalid + tally.pending + tally.in_flight > 0 {
+        println!(
+            "next: `convoy failures {batch_id} --output fix.csv` to fix them, or `convoy status {batch_id}`"
+        );
+        return Ok(ExitCode::from(exit::ROWS_FAILED));
+    }
+    Ok(ExitCode::from(exit::OK))
+}

@@ -1,0 +1,162 @@
+//! `convoy run SOURCE`: plan every row into a new batch, then send.
+
+use super::{Global, send_phase, usage};
+use crate::audit::Db;
+use crate::batch::{self, Endpoints, Options, PlanError};
+use crate::cli::{ExecArgs, InputArgs};
+use crate::progress::Progress;
+use crate::sandbox::Sandbox;
+use crate::source::{self, Source};
+use clap::Args;
+use std::collections::HashSet;
+use std::process::ExitCode;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// A .csv file, - for CSV on stdin, or a SQLite file (see --table).
+    pub source: String,
+
+    /// The batch name [default: the source's stem and a UTC timestamp]
+    #[arg(long)]
+    pub batch: Option<String>,
+
+    /// The table of a SQLite source [default: edits]
+    #[arg(long)]
+    pub table: Option<String>,
+
+    /// Validate and print each call that would be sent (method, URL, body); send nothing, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    #[command(flatten)]
+    pub input: InputArgs,
+
+    #[command(flatten)]
+    pub exec: ExecArgs,
+}
+
+pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<ExitCode> {
+    let options = match Options::resolve(&a.exec, &a.input, None) {
+        Ok(o) => o,
+        Err(e) => return Ok(usage(e)),
+    };
+    let source = match Source::from_arg(&a.source, a.table.as_deref()) {
+        Ok(s) => s,
+        Err(e) => return Ok(usage(e)),
+    };
+    if let Some(name) = &a.batch
+        && (name.trim().is_empty() || name.len() > 200)
+    {
+        return Ok(usage("--batch: give a name of 1 to 200 characters"));
+    }
+    let sandbox = if options.sandbox {
+        Some(Sandbox::start_in_process().await?)
+    } else {
+        None
+    };
+    let endpoints = match &sandbox {
+        Some(s) => s.endpoints(options.attention_auth_scheme),
+        None => match Endpoints::from_env(&options) {
+            Ok(e) => e,
+            Err(e) => return Ok(usage(e)),
+        },
+    };
+    let reader = match source::open(&source, options.default_op()).await {
+        Ok(r) => r,
+        Err(e) => return Ok(usage(e)),
+    };
+    for w in &reader.columns.warnings {
+        eprintln!("warning: {w}");
+    }
+    if a.dry_run {
+        return dry_run(reader, &endpoints).await;
+    }
+
+    let db = Db::open(&g.db).await?;
+    let name = a.batch.clone().unwrap_or_else(|| {
+        format!(
+            "{}-{}",
+            source.stem(),
+            chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+        )
+    });
+    if !batch::create(&db, &name, &source, &reader.columns.names, &options).await? {
+        return Ok(usage(format_args!(
+            "batch {name:?} already exists in {}; to continue it: convoy resume {name}",
+            g.db.display()
+        )));
+    }
+    let progress = Progress::planning(g.quiet);
+    let planned = batch::plan(&db, &name, reader, &endpoints, &progress).await;
+    progress.finish();
+    let plan = match planned {
+        Ok(p) => p,
+        Err(PlanError::Db(e)) => return Err(e),
+        Err(e) => {
+            batch::discard(&db, &name).await?;
+            return Ok(usage(format_args!("{e}; nothing was sent")));
+        }
+    };
+    if plan.rows == 0 {
+        eprintln!("note: the source has a header but no rows");
+    }
+    let b = batch::Batch {
+        db: &db,
+        id: &name,
+        pass: 1,
+        options: &options,
+        endpoints: &endpoints,
+    };
+    send_phase(g, &b, &plan, sandbox.is_some()).await
+}
+
+/// `--dry-run`: every row validated and its call printed; no database, no network.
+async fn dry_run(mut reader: source::Reader, endpoints: &Endpoints) -> anyhow::Result<ExitCode> {
+    let mut keys = HashSet::new();
+    let (mut calls, mut invalid) = (0u64, 0u64);
+    let progress = Progress::none();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    while let Some(row) = reader.rows.recv().await {
+        let row = match row {
+            Ok(r) => r,
+            Err(e) => return Ok(usage(e)),
+        };
+        let (planned, warnings) = batch::plan_row(&reader.columns, &row, endpoints);
+        if let Some(first) = keys.replace(planned.row_key.clone()) {
+            return Ok(usage(format_args!(
+                "row {}: row_id {first:?} is used by an earlier row too; row_id must be unique",
+                row.number
+            )));
+        }
+        for w in warnings {
+            progress.println(&format!("warning: {w}"));
+        }
+        match (planned.method, planned.url) {
+            (Some(m), Some(u)) => {
+                calls += 1;
+                use std::io::Write;
+                writeln!(
+                    out,
+                    "{m} {u}{}",
+                    planned
+                        .request_body
+                        .map(|b| format!(" {b}"))
+                        .unwrap_or_default()
+                )?;
+            }
+            _ => {
+                invalid += 1;
+                progress.println(&format!("invalid: {}", planned.error.unwrap_or_default()));
+            }
+        }
+    }
+    drop(out);
+    eprintln!(
+        "dry run: {calls} call(s) would be sent, {invalid} row(s) invalid; nothing was sent or written"
+    );
+    Ok(ExitCode::from(if invalid > 0 {
+        super::exit::ROWS_FAILED
+    } else {
+        super::exit::OK
+    }))
+}

@@ -1,0 +1,641 @@
+//! Executing planned rows: at most `concurrency` calls in flight, one
+//! [`Pacer`] per API awaited before every attempt, edits to the same
+//! conversation one at a time in source order, retries with backoff and
+//! jitter, `Retry-After` pausing the whole API, and a 401/403 stopping that
+//! API. Every attempt and outcome goes to the [`Recorder`]; workers hold no
+//! timing logic of their own beyond the backoff delay.
+
+use crate::audit::{AttemptRecord, Outcome, Recorder, RowStatus, Snapshot};
+use crate::call::Endpoint;
+use crate::edit::Api;
+use crate::pacer::Pacer;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// One row to send, as read back from the audit table.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub id: i64,
+    pub row_key: Arc<str>,
+    pub api: Api,
+    pub method: reqwest::Method,
+    pub url: String,
+    pub body: Option<String>,
+    pub conversation_id: Arc<str>,
+    /// Attempts made on earlier runs of the batch.
+    pub prior_attempts: u32,
+}
+
+/// Counts the progress display and the summary read.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub total: AtomicU64,
+    pub done: AtomicU64,
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+    pub retrying: AtomicU64,
+    /// Rows left `pending` (their API stopped, or the batch was interrupted).
+    pub left_pending: AtomicU64,
+    pub http_attempts: AtomicU64,
+}
+
+/// The settings of one execution.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    pub timeout: Duration,
+    /// The first backoff delay; it doubles on each retry, up to `max_backoff`.
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+    /// The longest `Retry-After` obeyed as given.
+    pub max_retry_after: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            concurrency: 8,
+            max_attempts: 5,
+            timeout: Duration::from_secs(30),
+            base_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(30),
+            max_retry_after: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Why an API was stopped for the rest of the batch.
+#[derive(Clone, Debug)]
+pub struct Stop {
+    pub api: Api,
+    pub http_status: u16,
+}
+
+/// What one API needs at run time.
+pub struct ApiLane {
+    pub pacer: Arc<Pacer>,
+    auth: Option<HeaderValue>,
+    stopped: AtomicBool,
+}
+
+impl ApiLane {
+    pub fn new(endpoint: &Endpoint, pacer: Arc<Pacer>) -> ApiLane {
+        let auth = endpoint.authorization().and_then(|a| {
+            let mut v = HeaderValue::from_str(&a).ok()?;
+            v.set_sensitive(true);
+            Some(v)
+        });
+        ApiLane {
+            pacer,
+            auth,
+            stopped: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Shared by the dispatcher and every worker.
+pub struct Executor {
+    pub client: reqwest::Client,
+    pub settings: Settings,
+    pub recorder: Recorder,
+    pub counters: Arc<Counters>,
+    pub cancel: CancellationToken,
+    attention: ApiLane,
+    vg: ApiLane,
+    stops: Mutex<Vec<Stop>>,
+}
+
+/// The largest response body stored; a larger one is stored truncated and marked so.
+pub const MAX_STORED_BODY: usize = 1 << 20;
+
+impl Executor {
+    pub fn new(
+        client: reqwest::Client,
+        settings: Settings,
+        recorder: Recorder,
+        counters: Arc<Counters>,
+        cancel: CancellationToken,
+        attention: ApiLane,
+        vg: ApiLane,
+    ) -> Executor {
+        Executor {
+            client,
+            settings,
+            recorder,
+            counters,
+            cancel,
+            attention,
+            vg,
+            stops: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn lane(&self, api: Api) -> &ApiLane {
+        match api {
+            Api::Attention => &self.attention,
+            Api::Vg => &self.vg,
+        }
+    }
+
+    pub fn stops(&self) -> Vec<Stop> {
+        self.stops.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn stop(&self, api: Api, http_status: u16) {
+        if !self.lane(api).stopped.swap(true, Relaxed) {
+            self.stops
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Stop { api, http_status });
+        }
+    }
+
+    fn is_stopped(&self, api: Api) -> bool {
+        self.lane(api).stopped.load(Relaxed)
+    }
+
+    /// Runs every job from `jobs` and returns when all are recorded (or the
+    /// run was cancelled and the calls in flight have finished).
+    pub async fn run(self: &Arc<Self>, mut jobs: mpsc::Receiver<Job>) {
+        /// Rows parked behind a busy conversation before reading pauses.
+        const MAX_PARKED: usize = 10_000;
+        let mut running = FuturesUnordered::new();
+        // A conversation is in `busy` while one of its edits runs; later ones wait in its queue.
+        let mut busy: HashMap<(Api, Arc<str>), VecDeque<Job>> = HashMap::new();
+        let mut parked = 0usize;
+        let mut source_done = false;
+        loop {
+            let cancelled = self.cancel.is_cancelled();
+            let can_take = !cancelled
+                && !source_done
+                && running.len() < self.settings.concurrency
+                && parked < MAX_PARKED;
+            if running.is_empty() && (source_done || cancelled) {
+                break;
+            }
+            tokio::select! {
+                job = jobs.recv(), if can_take => match job {
+                    None => source_done = true,
+                    Some(job) => {
+                        if self.is_stopped(job.api) {
+                            self.counters.left_pending.fetch_add(1, Relaxed);
+                            continue;
+                        }
+                        let key = (job.api, job.conversation_id.clone());
+                        match busy.get_mut(&key) {
+                            Some(queue) => {
+                                queue.push_back(job);
+                                parked += 1;
+                            }
+                            None => {
+                                busy.insert(key, VecDeque::new());
+                                running.push(self.spawn(job));
+                            }
+                        }
+                    }
+                },
+                Some(key) = running.next(), if !running.is_empty() => {
+                    let queue = busy.get_mut(&key).expect("a running conversation is busy");
+                    match queue.pop_front() {
+                        Some(next) => {
+                            parked -= 1;
+                            if self.cancel.is_cancelled() || self.is_stopped(next.api) {
+                                // Left pending; the rest of the queue is drained the same way below.
+                                self.counters.left_pending.fetch_add(1 + queue.len() as u64, Relaxed);
+                                parked -= queue.len();
+                                busy.remove(&key);
+                            } else {
+                                running.push(self.spawn(next));
+                            }
+                        }
+                        None => {
+                            busy.remove(&key);
+                        }
+                    }
+                },
+                _ = self.cancel.cancelled(), if !cancelled => {}
+            }
+        }
+        // Whatever was still queued or unread stays pending.
+        let unread = parked as u64;
+        self.counters.left_pending.fetch_add(unread, Relaxed);
+    }
+
+    fn spawn(self: &Arc<Self>, job: Job) -> impl Future<Output = (Api, Arc<str>)> + use<> {
+        let me = self.clone();
+        let key = (job.api, job.conversation_id.clone());
+        let handle = tokio::spawn(async move { me.work(job).await });
+        async move {
+            // A worker never panics by design; if one did, the row stays in_flight (outcome unknown).
+            let _ = handle.await;
+            key
+        }
+    }
+
+    /// One row: attempts until success, a final answer, or the attempts run out.
+    async fn work(&self, job: Job) {
+        let lane = self.lane(job.api);
+        let mut attempt = job.prior_attempts;
+        let mut marked = false;
+        let mut last: Option<Attempted> = None;
+        let finish = |status, last: Option<Attempted>, attempt, extra: Option<String>| {
+            let (http_status, error, response, snapshot) = match last {
+                Some(a) => (a.http_status, a.error, a.response, a.snapshot),
+                None => (None, None, None, None),
+            };
+            let error = match (extra, error) {
+                (Some(x), Some(e)) => Some(format!("{x} (last attempt: {e})")),
+                (Some(x), None) => Some(x),
+                (None, e) => e,
+            };
+            Outcome {
+                id: job.id,
+                row_key: job.row_key.clone(),
+                status,
+                attempts: attempt,
+                http_status,
+                error,
+                response,
+                snapshot,
+            }
+        };
+        for n in 0..self.settings.max_attempts {
+            if n > 0 {
+                // Backoff with jitter; a Retry-After pause is held by the pacer.
+                let exp = self
+                    .settings
+                    .base_backoff
+                    .saturating_mul(1 << (n - 1).min(16));
+                let delay = exp
+                    .min(self.settings.max_backoff)
+                    .mul_f64(0.5 + fastrand::f64() * 0.5);
+                self.counters.retrying.fetch_add(1, Relaxed);
+                let woke = tokio::select! {
+                    _ = tokio::time::sleep(delay) => true,
+                    _ = self.cancel.cancelled() => false,
+                };
+                self.counters.retrying.fetch_sub(1, Relaxed);
+                if !woke {
+                    return self
+                        .left_pending(finish(
+                            RowStatus::Pending,
+                            last,
+                            attempt,
+                            Some("interrupted before the next retry".into()),
+                        ))
+                        .await;
+                }
+            }
+            let go = tokio::select! {
+                _ = lane.pacer.acquire() => true,
+                _ = self.cancel.cancelled() => false,
+            };
+            if !go {
+                let why = "interrupted before it was sent".to_owned();
+                return self
+                    .left_pending(finish(
+                        RowStatus::Pending,
+                        last,
+                        attempt,
+                        (n > 0).then_some(why),
+                    ))
+                    .await;
+            }
+            if self.is_stopped(job.api) {
+                let why = format!(
+                    "not sent: the {} API rejected the credentials earlier in this batch",
+                    job.api
+                );
+                return self
+                    .left_pending(finish(RowStatus::Pending, last, attempt, Some(why)))
+                    .await;
+            }
+            if !marked {
+                if self.recorder.in_flight(job.id).await.is_err() {
+                    // Without the in_flight mark committed, the call must not go out.
+                    return;
+                }
+                marked = true;
+            }
+            attempt += 1;
+            let a = self.attempt(&job, lane, attempt).await;
+            self.counters.http_attempts.fetch_add(1, Relaxed);
+            let verdict = a.verdict;
+            if let Some(pause) = a.retry_after {
+                lane.pacer
+                    .pause_until(Instant::now() + pause.min(self.settings.max_retry_after));
+            }
+            match verdict {
+                Verdict::Success => lane.pacer.on_success(),
+                Verdict::RateLimited => lane.pacer.on_429(),
+                _ => {}
+            }
+            let _ = self
+                .recorder
+                .attempt(AttemptRecord {
+                    row_key: job.row_key.clone(),
+                    attempt,
+                    started_at: a.started_at.clone(),
+                    duration_ms: a.duration_ms,
+                    http_status: a.http_status,
+                    error: a.error.clone(),
+                })
+                .await;
+            last = Some(a);
+            match verdict {
+                Verdict::Success => {
+                    self.counters.succeeded.fetch_add(1, Relaxed);
+                    self.counters.done.fetch_add(1, Relaxed);
+                    let _ = self
+                        .recorder
+                        .finished(finish(RowStatus::Succeeded, last, attempt, None))
+                        .await;
+                    return;
+                }
+                Verdict::AuthRejected(code) => {
+                    self.stop(job.api, code);
+                    break;
+                }
+                Verdict::Final => break,
+                Verdict::Retry | Verdict::RateLimited => {}
+            }
+        }
+        let exhausted = last
+            .as_ref()
+            .is_some_and(|a| matches!(a.verdict, Verdict::Retry | Verdict::RateLimited));
+        let note = exhausted.then(|| format!("gave up after {attempt} attempts"));
+        self.counters.failed.fetch_add(1, Relaxed);
+        self.counters.done.fetch_add(1, Relaxed);
+        let _ = self
+            .recorder
+            .finished(finish(RowStatus::Failed, last, attempt, note))
+            .await;
+    }
+
+    async fn left_pending(&self, outcome: Outcome) {
+        self.counters.left_pending.fetch_add(1, Relaxed);
+        let _ = self.recorder.finished(outcome).await;
+    }
+
+    async fn attempt(&self, job: &Job, lane: &ApiLane, attempt: u32) -> Attempted {
+        let started_at = crate::audit::now();
+        let t0 = std::time::Instant::now();
+        let mut req = self
+            .client
+            .request(job.method.clone(), &job.url)
+            .timeout(self.settings.timeout);
+        if let Some(auth) = &lane.auth {
+            req = req.header(AUTHORIZATION, auth.clone());
+        }
+        if let Some(body) = &job.body {
+            req = req
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.clone());
+        }
+        let _ = attempt;
+        let mut a = Attempted {
+            started_at,
+            duration_ms: 0,
+            http_status: None,
+            error: None,
+            response: None,
+            snapshot: None,
+            retry_after: None,
+            verdict: Verdict::Retry,
+        };
+        match req.send().await {
+            Err(e) => {
+                a.error = Some(describe(&e, self.settings.timeout));
+            }
+            Ok(resp) => {
+                let status = resp.status();
+                a.http_status = Some(status.as_u16());
+                a.retry_after = resp.headers().get(RETRY_AFTER).and_then(parse_retry_after);
+                let (body, body_error) = read_body(resp).await;
+                a.verdict = match status.as_u16() {
+                    200..=299 => Verdict::Success,
+                    401 | 403 => Verdict::AuthRejected(status.as_u16()),
+                    429 => Verdict::RateLimited,
+                    408 | 500..=599 => Verdict::Retry,
+                    _ => Verdict::Final,
+                };
+                let parsed = serde_json::from_slice::<serde_json::Value>(&body.bytes).ok();
+                if a.verdict == Verdict::Success {
+                    a.snapshot = parsed.as_ref().and_then(|v| snapshot(job, v, &body.bytes));
+                } else {
+                    a.error = Some(error_text(status, parsed.as_ref(), &body.bytes));
+                }
+                if let Some(e) = body_error {
+                    a.error = Some(match a.error.take() {
+                        Some(x) => format!("{x}; {e}"),
+                        None => e,
+                    });
+                } else if body.truncated {
+                    let note = format!(
+                        "response truncated: {} bytes, {} kept",
+                        body.full_len,
+                        body.bytes.len()
+                    );
+                    a.error = Some(match a.error.take() {
+                        Some(x) => format!("{x}; {note}"),
+                        None => note,
+                    });
+                } else if a.verdict == Verdict::Success
+                    && parsed.is_none()
+                    && !body.bytes.is_empty()
+                {
+                    a.error = Some(
+                        "the API answered success but its body is not JSON; stored as text".into(),
+                    );
+                }
+                if !body.bytes.is_empty() {
+                    a.response = Some(String::from_utf8_lossy(&body.bytes).into_owned());
+                }
+            }
+        }
+        a.duration_ms = t0.elapsed().as_millis() as u64;
+        a
+    }
+}
+
+/// The result of one HTTP attempt.
+struct Attempted {
+    started_at: String,
+    duration_ms: u64,
+    http_status: Option<u16>,
+    error: Option<String>,
+    response: Option<String>,
+    snapshot: Option<Snapshot>,
+    retry_after: Option<Duration>,
+    verdict: Verdict,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    Success,
+    /// 429: retried, and the pacer told.
+    RateLimited,
+    /// 408, 5xx, timeouts, connection errors.
+    Retry,
+    /// 401/403: the API is stopped for the batch.
+    AuthRejected(u16),
+    /// Any other 4xx.
+    Final,
+}
+
+struct Body {
+    bytes: Vec<u8>,
+    full_len: usize,
+    truncated: bool,
+}
+
+async fn read_body(mut resp: reqwest::Response) -> (Body, Option<String>) {
+    let mut body = Body {
+        bytes: Vec::new(),
+        full_len: 0,
+        truncated: false,
+    };
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                body.full_len += chunk.len();
+                let room = MAX_STORED_BODY.saturating_sub(body.bytes.len());
+                if chunk.len() > room {
+                    body.truncated = true;
+                }
+                body.bytes
+                    .extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) => return (body, None),
+            Err(e) => {
+                return (
+                    body,
+                    Some(format!("the response body broke off: {}", chain(&e))),
+                );
+            }
+        }
+    }
+}
+
+/// The conversation the API returned: Attention's resource, VG's `data`.
+fn snapshot(job: &Job, v: &serde_json::Value, raw: &[u8]) -> Option<Snapshot> {
+    let json = match job.api {
+        Api::Attention if v.get("attributes").is_some() => {
+            String::from_utf8_lossy(raw).into_owned()
+        }
+        Api::Attention => v
+            .get("data")
+            .filter(|d| d.get("attributes").is_some())?
+            .to_string(),
+        Api::Vg => v.get("data").filter(|d| d.is_object())?.to_string(),
+    };
+    Some(Snapshot {
+        api: job.api,
+        conversation_id: job.conversation_id.clone(),
+        json,
+    })
+}
+
+fn error_text(
+    status: reqwest::StatusCode,
+    parsed: Option<&serde_json::Value>,
+    raw: &[u8],
+) -> String {
+    let detail = parsed
+        .and_then(|v| {
+            ["message", "error", "detail", "title"]
+                .iter()
+                .find_map(|k| v.get(k).and_then(|m| m.as_str()).map(str::to_owned))
+                .or_else(|| v.get("errors").map(|e| e.to_string()))
+        })
+        .unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(&raw[..raw.len().min(200)]);
+            let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            if text.starts_with('<') {
+                "(an HTML page)".into()
+            } else {
+                text
+            }
+        });
+    let reason = status.canonical_reason().unwrap_or("");
+    if detail.is_empty() {
+        format!("HTTP {} {reason}", status.as_u16())
+    } else {
+        format!("HTTP {} {reason}: {detail}", status.as_u16())
+    }
+}
+
+fn describe(e: &reqwest::Error, timeout: Duration) -> String {
+    if e.is_timeout() {
+        return format!("timed out after {}", crate::cli::show_duration(timeout));
+    }
+    let kind = if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    // reqwest's errors name the URL: ids are in it, keys never are.
+    format!("{kind}: {}", chain(e))
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let c_s = c.to_string();
+        if !s.contains(&c_s) {
+            s.push_str(": ");
+            s.push_str(&c_s);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// `Retry-After`: delay-seconds or an HTTP date.
+pub fn parse_retry_after(v: &HeaderValue) -> Option<Duration> {
+    let s = v.to_str().ok()?.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let when = httpdate::parse_http_date(s).ok()?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_in_seconds_and_as_a_date() {
+        assert_eq!(
+            parse_retry_after(&HeaderValue::from_static("3")),
+            Some(Duration::from_secs(3))
+        );
+        let later = std::time::SystemTime::now() + Duration::from_secs(120);
+        let d = parse_retry_after(&HeaderValue::from_str(&httpdate::fmt_http_date(later)).unwrap())
+            .unwrap();
+        assert!(
+            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
+        let past = httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(60));
+        assert_eq!(
+            parse_retry_after(&HeaderValue::from_str(&past).unwrap()),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after(&HeaderValue::from_static("soon")), None);
+    }
+}

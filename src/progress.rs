@@ -1,0 +1,145 @@
+//! What a person watching sees on stderr: a spinner while rows are planned,
+//! then an indicatif bar (done/total, rate, ETA, succeeded/failed/retrying,
+//! the current pace per API). When stderr is not a terminal, a plain
+//! progress line every few seconds instead; `--quiet` silences both.
+
+use crate::exec::Counters;
+use crate::pacer::Pacer;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+/// How often a plain progress line is printed when stderr is not a terminal.
+const PLAIN_EVERY: Duration = Duration::from_secs(5);
+
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    ticker: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Progress {
+    /// Silent: messages still print, as plain lines.
+    pub fn none() -> Progress {
+        Progress {
+            bar: None,
+            ticker: None,
+        }
+    }
+
+    /// A spinner counting rows read and validated.
+    pub fn planning(quiet: bool) -> Progress {
+        if quiet || !std::io::stderr().is_terminal() {
+            return Progress::none();
+        }
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} validating rows: {pos} read ({per_sec})")
+                .expect("template"),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Progress {
+            bar: Some(bar),
+            ticker: None,
+        }
+    }
+
+    pub fn planned(&self, rows: u64) {
+        if let Some(b) = &self.bar
+            && rows.is_multiple_of(256)
+        {
+            b.set_position(rows);
+        }
+    }
+
+    /// The send phase: a bar on a terminal, plain lines elsewhere.
+    pub fn sending(counters: Arc<Counters>, pacers: [Arc<Pacer>; 2], quiet: bool) -> Progress {
+        if quiet {
+            return Progress::none();
+        }
+        let total = counters.total.load(Relaxed);
+        if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{bar:30.cyan/blue} {pos}/{len} {per_sec:>9} eta {eta:>4} {msg}",
+                )
+                .expect("template")
+                .progress_chars("=> "),
+            );
+            let b = bar.clone();
+            let ticker = tokio::spawn(async move {
+                loop {
+                    b.set_position(counters.done.load(Relaxed));
+                    b.set_message(counts(&counters, &pacers));
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            });
+            return Progress {
+                bar: Some(bar),
+                ticker: Some(ticker),
+            };
+        }
+        let ticker = tokio::spawn(async move {
+            let t0 = Instant::now();
+            loop {
+                tokio::time::sleep(PLAIN_EVERY).await;
+                let done = counters.done.load(Relaxed);
+                let secs = t0.elapsed().as_secs_f64();
+                let rate = done as f64 / secs.max(0.001);
+                let eta = if rate > 0.0 && total > done {
+                    format!(
+                        ", eta {}",
+                        crate::cli::show_duration(Duration::from_secs_f64(
+                            (total - done) as f64 / rate
+                        ))
+                    )
+                } else {
+                    String::new()
+                };
+                eprintln!(
+                    "progress: {done}/{total} done ({:.0}%), {rate:.1} rows/s{eta}, {}",
+                    100.0 * done as f64 / total.max(1) as f64,
+                    counts(&counters, &pacers)
+                );
+            }
+        });
+        Progress {
+            bar: None,
+            ticker: Some(ticker),
+        }
+    }
+
+    /// Prints a line without tearing the bar.
+    pub fn println(&self, msg: &str) {
+        match &self.bar {
+            Some(b) => b.suspend(|| eprintln!("{msg}")),
+            None => eprintln!("{msg}"),
+        }
+    }
+
+    pub fn finish(self) {
+        if let Some(t) = &self.ticker {
+            t.abort();
+        }
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+fn counts(c: &Counters, pacers: &[Arc<Pacer>; 2]) -> String {
+    let pace = |p: &Pacer| {
+        p.rate()
+            .map_or("unpaced".to_owned(), |r| format!("{r:.1}/s"))
+    };
+    format!(
+        "ok {} failed {} retrying {} | pace attention {} vg {}",
+        c.succeeded.load(Relaxed),
+        c.failed.load(Relaxed),
+        c.retrying.load(Relaxed),
+        pace(&pacers[0]),
+        pace(&pacers[1]),
+    )
+}

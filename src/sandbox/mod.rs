@@ -1,0 +1,809 @@
+//! The sandbox: a stateful local simulator of both APIs on one address.
+//! Attention under `/v2/...`, VG under `/agents/...`, a `GET` of a
+//! conversation on each, auth checked as documented, bodies validated, full
+//! snapshots shaped like the reference pages, and bad days on demand
+//! (latency, a per-API rate limit answering 429 with `Retry-After`, random
+//! 5xx, dropped connections), repeatable with a seed.
+//!
+//! Built on hyper directly rather than axum: a simulator must be able to
+//! close a connection without answering, which a router's handler cannot.
+//!
+//! Test hooks (also over HTTP under `/_sandbox/`): the request log, the
+//! conversations' state, the rate limit changed while running, and scripted
+//! answers for one conversation.
+
+use crate::batch::Endpoints;
+use crate::call::{AuthScheme, Endpoint, Secret};
+use crate::edit::{self, Api};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+/// How the sandbox behaves.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub attention_key: String,
+    pub vg_token: String,
+    /// Every answer waits a uniform time in this range.
+    pub latency: Option<(Duration, Duration)>,
+    /// Calls per second each API accepts; more are answered 429 with `Retry-After`.
+    pub rate_limit: Option<f64>,
+    /// Share of calls answered 500, 502 or 503 (nothing applied).
+    pub fail_rate: f64,
+    /// Share of calls whose connection is closed without an answer: half
+    /// before the edit is applied, half after.
+    pub drop_rate: f64,
+    pub seed: u64,
+    /// Conversation ids starting with this do not exist (404).
+    pub missing_prefix: String,
+    /// Keep a log of every request (tests read it; long benchmarks turn it off).
+    pub record: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            attention_key: "sandbox-attention-key".into(),
+            vg_token: "sandbox-vg-token".into(),
+            latency: None,
+            rate_limit: None,
+            fail_rate: 0.0,
+            drop_rate: 0.0,
+            seed: 1,
+            missing_prefix: "missing-".into(),
+            record: true,
+        }
+    }
+}
+
+/// One request as the sandbox received it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Recorded {
+    pub method: String,
+    /// The raw path, as on the wire.
+    pub path: String,
+    /// The path's segments, percent-decoded.
+    pub segments: Vec<String>,
+    pub authorization: Option<String>,
+    pub content_type: Option<String>,
+    pub body: String,
+    /// The status answered; 0 when the connection was dropped.
+    pub status: u16,
+    /// Whether the edit was applied to the sandbox's state.
+    pub applied: bool,
+    /// Milliseconds since the sandbox started.
+    pub at_ms: u64,
+}
+
+/// A scripted answer for the next call to one conversation (tests).
+#[derive(Clone, Debug)]
+pub enum Scripted {
+    /// Answer this status with this `Retry-After` and body; nothing applied.
+    Status {
+        status: u16,
+        retry_after: Option<String>,
+        body: Option<String>,
+    },
+    /// Close the connection; `applied` says whether the edit is applied first.
+    Drop { applied: bool },
+    /// Apply the edit, but answer only after this delay.
+    Slow(Duration),
+    /// Apply the edit and answer 200 with this body instead of the snapshot.
+    Body(String),
+}
+
+struct Limiter {
+    interval: Duration,
+    tolerance: Duration,
+    tat: Instant,
+}
+
+impl Limiter {
+    fn new(per_sec: f64) -> Limiter {
+        let interval = Duration::from_secs_f64(1.0 / per_sec);
+        Limiter {
+            interval,
+            // A little slack (a tenth of a second's worth) for jitter on the wire.
+            tolerance: interval.mul_f64((per_sec * 0.1).max(1.0)),
+            tat: Instant::now(),
+        }
+    }
+
+    /// `Err(wait)` when over the limit.
+    fn check(&mut self, now: Instant) -> Result<(), Duration> {
+        let tat = self.tat.max(now);
+        let ahead = tat - now;
+        if ahead > self.tolerance {
+            return Err(ahead - self.tolerance);
+        }
+        self.tat = tat + self.interval;
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct World {
+    attention: HashMap<String, Map<String, Value>>,
+    vg: HashMap<(String, String), Map<String, Value>>,
+}
+
+/// Shared state of a running sandbox.
+pub struct State {
+    config: Config,
+    started: Instant,
+    rng: Mutex<fastrand::Rng>,
+    world: Mutex<World>,
+    log: Mutex<Vec<Recorded>>,
+    limits: Mutex<[Option<Limiter>; 2]>,
+    scripts: Mutex<HashMap<String, VecDeque<Scripted>>>,
+    attention_template: Map<String, Value>,
+    vg_template: Map<String, Value>,
+    clock_ms: AtomicU64,
+    pub served: AtomicU64,
+}
+
+/// A running sandbox. Dropping it stops the server.
+pub struct Sandbox {
+    pub addr: SocketAddr,
+    pub state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Sandbox {
+    /// Serves on `listen` (port 0 for an ephemeral one).
+    pub async fn start(config: Config, listen: SocketAddr) -> anyhow::Result<Sandbox> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("sandbox: cannot listen on {listen}: {e}"))?;
+        let addr = listener.local_addr()?;
+        let limits = [Api::Attention, Api::Vg].map(|_| config.rate_limit.map(Limiter::new));
+        let attention_template =
+            match serde_json::from_str::<Value>(include_str!("attention_conversation.json")) {
+                Ok(Value::Object(mut doc)) => match doc.remove("attributes") {
+                    Some(Value::Object(a)) => a,
+                    _ => Map::new(),
+                },
+                _ => Map::new(),
+            };
+        let state = Arc::new(State {
+            rng: Mutex::new(fastrand::Rng::with_seed(config.seed)),
+            config,
+            started: Instant::now(),
+            world: Mutex::default(),
+            log: Mutex::default(),
+            limits: Mutex::new(limits),
+            scripts: Mutex::default(),
+            attention_template,
+            vg_template: edit::vg_blank_conversation(),
+            clock_ms: AtomicU64::new(0),
+            served: AtomicU64::new(0),
+        });
+        let s = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let s = s.clone();
+                        async move { s.handle(req).await }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(Sandbox { addr, state, task })
+    }
+
+    /// On an ephemeral loopback port with the default credentials: `run --sandbox`.
+    pub async fn start_in_process() -> anyhow::Result<Sandbox> {
+        Sandbox::start(
+            Config {
+                record: false,
+                ..Config::default()
+            },
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+        )
+        .await
+    }
+
+    pub fn attention_url(&self) -> String {
+        format!("http://{}/v2", self.addr)
+    }
+
+    pub fn vg_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Both endpoints pointed here, with the sandbox's own credentials.
+    pub fn endpoints(&self, scheme: AuthScheme) -> Endpoints {
+        Endpoints {
+            attention: Endpoint {
+                api: Api::Attention,
+                base: self.attention_url(),
+                secret: Some(Secret::new(self.state.config.attention_key.clone())),
+                scheme,
+            },
+            vg: Endpoint {
+                api: Api::Vg,
+                base: self.vg_url(),
+                secret: Some(Secret::new(self.state.config.vg_token.clone())),
+                scheme: AuthScheme::Bearer,
+            },
+        }
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        lock(&self.state.log).clone()
+    }
+
+    /// The current state of an Attention conversation (its attributes).
+    pub fn attention_conversation(&self, id: &str) -> Option<Map<String, Value>> {
+        lock(&self.state.world).attention.get(id).cloned()
+    }
+
+    /// The current state of a VG conversation.
+    pub fn vg_conversation(&self, agent: &str, id: &str) -> Option<Map<String, Value>> {
+        lock(&self.state.world)
+            .vg
+            .get(&(agent.to_owned(), id.to_owned()))
+            .cloned()
+    }
+
+    /// Answers the next calls to `conversation_id` (either API) as scripted, in order.
+    pub fn script(&self, conversation_id: &str, answers: impl IntoIterator<Item = Scripted>) {
+        lock(&self.state.scripts)
+            .entry(conversation_id.to_owned())
+            .or_default()
+            .extend(answers);
+    }
+
+    pub fn set_rate_limit(&self, per_sec: Option<f64>) {
+        self.state.set_rate_limit(per_sec);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Closing the connection without an answer.
+#[derive(Debug)]
+struct Dropped;
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("dropped by the sandbox")
+    }
+}
+
+impl std::error::Error for Dropped {}
+
+type Reply = Result<Response<Full<Bytes>>, Dropped>;
+
+fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn bad(status: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>> {
+    reply(
+        status,
+        json!({ "error": status.canonical_reason().unwrap_or(""), "message": message.into() }),
+    )
+}
+
+/// What the chance of the day decided for one request.
+enum Fate {
+    Normal,
+    Fail(u16),
+    DropBefore,
+    DropAfter,
+}
+
+impl State {
+    pub fn set_rate_limit(&self, per_sec: Option<f64>) {
+        *lock(&self.limits) = [0, 1].map(|_| per_sec.map(Limiter::new));
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Reply {
+        self.served.fetch_add(1, Relaxed);
+        let method = req.method().as_str().to_owned();
+        let path = req.uri().path().to_owned();
+        let header = |name| {
+            req.headers()
+                .get(name)
+                .and_then(|v: &hyper::header::HeaderValue| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let authorization = header(hyper::header::AUTHORIZATION);
+        let content_type = header(hyper::header::CONTENT_TYPE);
+        let body = match req.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return Err(Dropped),
+        };
+        let segments: Vec<String> = path
+            .split('/')
+            .skip(1)
+            .map(|s| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+            .collect();
+        let mut rec = Recorded {
+            method,
+            path,
+            segments,
+            authorization,
+            content_type,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            status: 0,
+            applied: false,
+            at_ms: self.now_ms(),
+        };
+        let (result, delay) = self.route(&mut rec, &body);
+        if self.config.record && rec.segments.first().map(String::as_str) != Some("_sandbox") {
+            rec.status = result.as_ref().map_or(0, |r| r.status().as_u16());
+            lock(&self.log).push(rec);
+        }
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+        result
+    }
+
+    fn latency(&self) -> Option<Duration> {
+        let (lo, hi) = self.config.latency?;
+        let span = hi.saturating_sub(lo).as_micros() as u64;
+        let extra = if span == 0 {
+            0
+        } else {
+            lock(&self.rng).u64(0..=span)
+        };
+        Some(lo + Duration::from_micros(extra))
+    }
+
+    fn fate(&self) -> Fate {
+        if self.config.fail_rate <= 0.0 && self.config.drop_rate <= 0.0 {
+            return Fate::Normal;
+        }
+        let mut rng = lock(&self.rng);
+        let roll = rng.f64();
+        if roll < self.config.fail_rate {
+            return Fate::Fail([500, 502, 503][rng.usize(0..3)]);
+        }
+        if roll < self.config.fail_rate + self.config.drop_rate {
+            return if rng.bool() {
+                Fate::DropBefore
+            } else {
+                Fate::DropAfter
+            };
+        }
+        Fate::Normal
+    }
+
+    /// Decides the answer (and how long to wait before giving it).
+    fn route(&self, rec: &mut Recorded, body: &[u8]) -> (Reply, Option<Duration>) {
+        let segs: Vec<String> = rec.segments.clone();
+        let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+        let m = rec.method.clone();
+        let m = m.as_str();
+        let (api, target): (Api, Target) = match (m, segs.as_slice()) {
+            ("GET", ["_sandbox", "requests"]) => {
+                return (Ok(reply(StatusCode::OK, json!(*lock(&self.log)))), None);
+            }
+            ("GET", ["_sandbox", "state"]) => {
+                let w = lock(&self.world);
+                let vg: Map<String, Value> =
+                    w.vg.iter()
+                        .map(|((a, c), v)| (format!("{a}/{c}"), Value::Object(v.clone())))
+                        .collect();
+                let att: Map<String, Value> = w
+                    .attention
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::Object(v.clone())))
+                    .collect();
+                return (
+                    Ok(reply(StatusCode::OK, json!({ "attention": att, "vg": vg }))),
+                    None,
+                );
+            }
+            ("PUT", ["_sandbox", "rate-limit"]) => {
+                let per_sec = serde_json::from_slice::<Value>(body)
+                    .ok()
+                    .and_then(|v| v.get("per_second").and_then(Value::as_f64));
+                self.set_rate_limit(per_sec.filter(|r| *r > 0.0));
+                return (
+                    Ok(reply(StatusCode::OK, json!({ "per_second": per_sec }))),
+                    None,
+                );
+            }
+            ("GET", ["v2", "conversations", id]) => {
+                (Api::Attention, Target::Attention(id, AttentionCall::Get))
+            }
+            ("PUT", ["v2", "conversations", id]) => {
+                (Api::Attention, Target::Attention(id, AttentionCall::Update))
+            }
+            ("DELETE", ["v2", "conversations", id]) => (
+                Api::Attention,
+                Target::Attention(id, AttentionCall::Archive),
+            ),
+            ("PUT", ["v2", "conversations", id, "labels"]) => {
+                (Api::Attention, Target::Attention(id, AttentionCall::Labels))
+            }
+            ("POST", ["v2", "conversations", id, "crm", "confirm"]) => (
+                Api::Attention,
+                Target::Attention(id, AttentionCall::Confirm),
+            ),
+            ("GET", ["agents", agent, "convos", id]) => (Api::Vg, Target::Vg(agent, id, false)),
+            ("PATCH", ["agents", agent, "convos", id]) => (Api::Vg, Target::Vg(agent, id, true)),
+            (_, ["v2", "conversations", ..]) | (_, ["agents", _, "convos", _]) => {
+                return (
+                    Ok(bad(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        format!("{m} is not allowed here"),
+                    )),
+                    None,
+                );
+            }
+            _ => {
+                return (
+                    Ok(bad(
+                        StatusCode::NOT_FOUND,
+                        format!("no route for {m} {}", rec.path),
+                    )),
+                    None,
+                );
+            }
+        };
+        let latency = self.latency();
+
+        // Auth, exactly as documented.
+        let ok_auth = match api {
+            Api::Attention => {
+                let k = &self.config.attention_key;
+                rec.authorization
+                    .as_deref()
+                    .is_some_and(|a| a == k || a.strip_prefix("Bearer ") == Some(k))
+            }
+            Api::Vg => {
+                rec.authorization
+                    .as_deref()
+                    .and_then(|a| a.strip_prefix("Bearer "))
+                    == Some(self.config.vg_token.as_str())
+            }
+        };
+        if !ok_auth {
+            let how = match api {
+                Api::Attention => "send `Authorization: <api-key>`",
+                Api::Vg => "send `Authorization: Bearer <token>`",
+            };
+            return (
+                Ok(bad(
+                    StatusCode::UNAUTHORIZED,
+                    format!("missing or wrong credentials; {how}"),
+                )),
+                latency,
+            );
+        }
+
+        // The rate limit.
+        if let Some(limiter) = lock(&self.limits)[api as usize].as_mut()
+            && let Err(wait) = limiter.check(Instant::now())
+        {
+            let mut r = bad(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            r.headers_mut()
+                .insert(hyper::header::RETRY_AFTER, secs.into());
+            return (Ok(r), latency);
+        }
+
+        let id = match &target {
+            Target::Attention(id, _) | Target::Vg(_, id, _) => (*id).to_owned(),
+        };
+        let scripted = lock(&self.scripts)
+            .get_mut(&id)
+            .and_then(VecDeque::pop_front);
+        let mut answer_body = None;
+        let mut delay = latency;
+        let mut drop_after = false;
+        match scripted {
+            Some(Scripted::Status {
+                status,
+                retry_after,
+                body,
+            }) => {
+                let mut r = Response::new(Full::new(Bytes::from(
+                    body.unwrap_or_else(|| json!({"error": "scripted"}).to_string()),
+                )));
+                *r.status_mut() =
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                if let Some(ra) =
+                    retry_after.and_then(|v| hyper::header::HeaderValue::from_str(&v).ok())
+                {
+                    r.headers_mut().insert(hyper::header::RETRY_AFTER, ra);
+                }
+                return (Ok(r), latency);
+            }
+            Some(Scripted::Drop { applied: false }) => return (Err(Dropped), latency),
+            Some(Scripted::Drop { applied: true }) => drop_after = true,
+            Some(Scripted::Slow(d)) => delay = Some(d),
+            Some(Scripted::Body(b)) => answer_body = Some(b),
+            None => match self.fate() {
+                Fate::Normal => {}
+                Fate::Fail(502) => {
+                    let mut r = Response::new(Full::new(Bytes::from_static(
+                        b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>",
+                    )));
+                    *r.status_mut() = StatusCode::BAD_GATEWAY;
+                    return (Ok(r), latency);
+                }
+                Fate::Fail(code) => {
+                    let status =
+                        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                    return (Ok(bad(status, "simulated failure")), latency);
+                }
+                Fate::DropBefore => return (Err(Dropped), latency),
+                Fate::DropAfter => drop_after = true,
+            },
+        }
+
+        if id.starts_with(&self.config.missing_prefix) {
+            return (
+                Ok(bad(
+                    StatusCode::NOT_FOUND,
+                    format!("conversation {id:?} not found"),
+                )),
+                delay,
+            );
+        }
+        let result = match target {
+            Target::Attention(id, call) => self.attention(id, call, body),
+            Target::Vg(agent, id, patch) => self.vg(agent, id, patch.then_some(body)),
+        };
+        let response = match result {
+            Ok((applied, doc)) => {
+                rec.applied = applied;
+                let mut r = reply(StatusCode::OK, doc);
+                if let Some(b) = answer_body {
+                    *r.body_mut() = Full::new(Bytes::from(b));
+                }
+                r
+            }
+            Err(message) => bad(StatusCode::BAD_REQUEST, message),
+        };
+        if drop_after {
+            return (Err(Dropped), delay);
+        }
+        (Ok(response), delay)
+    }
+
+    fn attention(
+        &self,
+        id: &str,
+        call: AttentionCall,
+        body: &[u8],
+    ) -> Result<(bool, Value), String> {
+        let parsed = match call {
+            AttentionCall::Get | AttentionCall::Archive => Map::new(),
+            _ => match serde_json::from_slice::<Value>(body) {
+                Ok(Value::Object(m)) => m,
+                Ok(_) => return Err("the body must be a JSON object".into()),
+                Err(e) => return Err(format!("the body is not JSON: {e}")),
+            },
+        };
+        let allowed: &[&str] = match call {
+            AttentionCall::Labels => &["labels", "skip_analysis"],
+            AttentionCall::Update => &["title", "labels"],
+            AttentionCall::Confirm => &["intelligence", "opportunity_id"],
+            _ => &[],
+        };
+        if let Some(k) = parsed.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(format!("unknown field {k:?}"));
+        }
+        match call {
+            AttentionCall::Labels => {
+                if !parsed.get("labels").is_some_and(Value::is_object) {
+                    return Err("labels is required and must be an object".into());
+                }
+                if parsed.get("skip_analysis").is_some_and(|v| !v.is_boolean()) {
+                    return Err("skip_analysis must be a boolean".into());
+                }
+            }
+            AttentionCall::Update => {
+                if parsed.get("title").is_some_and(|v| !v.is_string()) {
+                    return Err("title must be a string".into());
+                }
+                if parsed.get("labels").is_some_and(|v| !v.is_object()) {
+                    return Err("labels must be an object".into());
+                }
+                if parsed.is_empty() {
+                    return Err("give title or labels".into());
+                }
+            }
+            AttentionCall::Confirm => match parsed.get("intelligence") {
+                Some(Value::Array(items)) if items.iter().all(Value::is_object) => {
+                    if parsed.get("opportunity_id").is_some_and(|v| !v.is_string()) {
+                        return Err("opportunity_id must be a string".into());
+                    }
+                }
+                _ => return Err("intelligence is required and must be an array of objects".into()),
+            },
+            _ => {}
+        }
+        let mut world = lock(&self.world);
+        let conv = world.attention.entry(id.to_owned()).or_insert_with(|| {
+            let mut c = self.attention_template.clone();
+            c.insert("uuid".into(), Value::String(id.to_owned()));
+            c.insert("labels".into(), json!({}));
+            c
+        });
+        let applied = !matches!(call, AttentionCall::Get);
+        match call {
+            AttentionCall::Labels => {
+                conv.insert("labels".into(), parsed["labels"].clone());
+            }
+            AttentionCall::Update => {
+                for k in ["title", "labels"] {
+                    if let Some(v) = parsed.get(k) {
+                        conv.insert(k.into(), v.clone());
+                    }
+                }
+            }
+            AttentionCall::Confirm => {
+                let mut confirmed = Map::new();
+                for (i, item) in parsed["intelligence"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    let key = item
+                        .get("key")
+                        .or_else(|| item.get("id"))
+                        .and_then(Value::as_str)
+                        .map_or_else(|| format!("item{}", i + 1), str::to_owned);
+                    confirmed.insert(key, item.clone());
+                }
+                conv.insert(
+                    "confirmedExtractedIntelligence".into(),
+                    Value::Object(confirmed),
+                );
+                if let Some(o) = parsed.get("opportunity_id") {
+                    conv.insert("externalIntelligenceOpportunityID".into(), o.clone());
+                }
+            }
+            AttentionCall::Archive => {
+                conv.insert("archived".into(), Value::Bool(true));
+            }
+            AttentionCall::Get => {}
+        }
+        Ok((
+            applied,
+            json!({
+                "type": "conversations",
+                "id": id,
+                "attributes": conv,
+                "links": { "self": format!("/v2/conversations/{}", crate::call::encode_segment(id)) },
+            }),
+        ))
+    }
+
+    fn vg(&self, agent: &str, id: &str, patch: Option<&[u8]>) -> Result<(bool, Value), String> {
+        let fields = match patch {
+            None => None,
+            Some(body) => {
+                let conv = match serde_json::from_slice::<Value>(body) {
+                    Ok(Value::Object(mut m)) => match m.remove("conversation") {
+                        Some(Value::Object(c)) if m.is_empty() => c,
+                        _ => {
+                            return Err(
+                                "the body must be {\"conversation\": {...}} and nothing else"
+                                    .into(),
+                            );
+                        }
+                    },
+                    Ok(_) => return Err("the body must be a JSON object".into()),
+                    Err(e) => return Err(format!("the body is not JSON: {e}")),
+                };
+                if conv.is_empty() {
+                    return Err("conversation must set at least one field".into());
+                }
+                for (k, v) in &conv {
+                    edit::check_vg_field(k, v)?;
+                }
+                Some(conv)
+            }
+        };
+        let mut world = lock(&self.world);
+        let conv = world
+            .vg
+            .entry((agent.to_owned(), id.to_owned()))
+            .or_insert_with(|| {
+                let mut c = self.vg_template.clone();
+                c.insert("ID".into(), Value::String(id.to_owned()));
+                c
+            });
+        let applied = fields.is_some();
+        if let Some(fields) = fields {
+            for (k, v) in fields {
+                if k == "tags" {
+                    let mut tags: Vec<Value> = conv
+                        .get("tags")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default();
+                    for t in v.as_array().into_iter().flatten() {
+                        if !tags.contains(t) {
+                            tags.push(t.clone());
+                        }
+                    }
+                    conv.insert(k, Value::Array(tags));
+                } else {
+                    conv.insert(k, v);
+                }
+            }
+            let wall = chrono::Utc::now().timestamp_millis() as u64;
+            let stamp = self.clock_ms.fetch_max(wall, Relaxed).max(wall);
+            let prev = conv
+                .get("lastModified")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            conv.insert("lastModified".into(), Value::from(stamp.max(prev + 1)));
+        }
+        let message = if applied {
+            "Conversation updated"
+        } else {
+            "Conversation found"
+        };
+        Ok((
+            applied,
+            json!({ "success": true, "message": message, "data": conv }),
+        ))
+    }
+}
+
+enum Target<'a> {
+    Attention(&'a str, AttentionCall),
+    Vg(&'a str, &'a str, bool),
+}
+
+#[derive(Clone, Copy)]
+enum AttentionCall {
+    Get,
+    Update,
+    Archive,
+    Labels,
+    Confirm,
+}

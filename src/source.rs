@@ -1,0 +1,367 @@
+//! Reading rows from a CSV file, CSV on stdin, or a SQLite table, streamed
+//! through a bounded channel so memory never grows with the number of rows.
+//! A source that cannot be read at all is a [`SourceError`]; a row that is
+//! merely bad (ragged, not UTF-8) is passed on with its problem attached, so
+//! it becomes an `invalid` audit row and the others go on.
+
+use crate::edit::{Columns, Op, Row};
+use futures::TryStreamExt;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteRow};
+use sqlx::{Column, ConnectOptions, Row as _, TypeInfo, ValueRef};
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use tokio::sync::mpsc;
+
+/// Where a batch's rows come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Csv(PathBuf),
+    Stdin,
+    Sqlite { path: PathBuf, table: String },
+}
+
+/// The source cannot be read: exit 2, nothing sent.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SourceError(pub String);
+
+const SQLITE_MAGIC: &[u8] = b"SQLite format 3\0";
+
+impl Source {
+    /// Recognises `-`, a SQLite file (by its magic bytes), or else a CSV path.
+    pub fn from_arg(arg: &str, table: Option<&str>) -> Result<Source, SourceError> {
+        if arg == "-" {
+            if table.is_some() {
+                return Err(SourceError(
+                    "--table goes with a SQLite source, not stdin".into(),
+                ));
+            }
+            return Ok(Source::Stdin);
+        }
+        let path = PathBuf::from(arg);
+        let meta = std::fs::metadata(&path)
+            .map_err(|e| SourceError(format!("cannot read source {arg}: {}", io_reason(&e))))?;
+        if meta.is_dir() {
+            return Err(SourceError(format!(
+                "source {arg} is a directory; give a .csv file, - for stdin, or a SQLite file"
+            )));
+        }
+        let mut magic = [0u8; 16];
+        let is_sqlite = std::fs::File::open(&path)
+            .and_then(|mut f| f.read_exact(&mut magic))
+            .is_ok()
+            && magic == SQLITE_MAGIC;
+        if is_sqlite {
+            return Ok(Source::Sqlite {
+                path,
+                table: table.unwrap_or("edits").to_owned(),
+            });
+        }
+        if table.is_some() {
+            return Err(SourceError(format!(
+                "source {arg} is not a SQLite database, but --table was given"
+            )));
+        }
+        Ok(Source::Csv(path))
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Source::Csv(_) => "csv",
+            Source::Stdin => "stdin",
+            Source::Sqlite { .. } => "sqlite",
+        }
+    }
+
+    /// The path as recorded in the audit database (`-` for stdin).
+    pub fn location(&self) -> String {
+        match self {
+            Source::Csv(p) | Source::Sqlite { path: p, .. } => p.display().to_string(),
+            Source::Stdin => "-".into(),
+        }
+    }
+
+    pub fn table(&self) -> Option<&str> {
+        match self {
+            Source::Sqlite { table, .. } => Some(table),
+            _ => None,
+        }
+    }
+
+    /// A short name for default batch names: the file stem.
+    pub fn stem(&self) -> String {
+        match self {
+            Source::Stdin => "stdin".into(),
+            Source::Csv(p) | Source::Sqlite { path: p, .. } => p
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "batch".into()),
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Sqlite { path, table } => write!(f, "{} (table {table})", path.display()),
+            other => f.write_str(&other.location()),
+        }
+    }
+}
+
+/// An open source: its header, understood, and a stream of rows.
+pub struct Reader {
+    pub columns: Columns,
+    pub rows: mpsc::Receiver<Result<Row, SourceError>>,
+}
+
+const CHANNEL: usize = 1024;
+
+/// Opens a source and starts streaming its rows.
+pub async fn open(source: &Source, default_op: Option<Op>) -> Result<Reader, SourceError> {
+    match source {
+        Source::Csv(path) => {
+            let file = std::fs::File::open(path).map_err(|e| {
+                SourceError(format!(
+                    "cannot read source {}: {}",
+                    path.display(),
+                    io_reason(&e)
+                ))
+            })?;
+            open_csv(
+                Box::new(std::io::BufReader::with_capacity(1 << 16, file)),
+                default_op,
+            )
+            .await
+        }
+        Source::Stdin => open_csv(Box::new(std::io::stdin()), default_op).await,
+        Source::Sqlite { path, table } => open_sqlite(path, table, default_op).await,
+    }
+}
+
+async fn open_csv(
+    input: Box<dyn Read + Send>,
+    default_op: Option<Op>,
+) -> Result<Reader, SourceError> {
+    let (header_tx, header_rx) = tokio::sync::oneshot::channel();
+    let (tx, rx) = mpsc::channel(CHANNEL);
+    tokio::task::spawn_blocking(move || {
+        let mut rdr = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .flexible(true)
+            .from_reader(input);
+        let header = match rdr.byte_headers() {
+            Ok(h) if h.is_empty() || (h.len() == 1 && h[0].is_empty()) => Err(SourceError(
+                "the source is empty; it needs a header row naming the columns".into(),
+            )),
+            Ok(h) => h
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    let name = if i == 0 {
+                        name.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(name)
+                    } else {
+                        name
+                    };
+                    std::str::from_utf8(name)
+                        .map(|s| s.trim().to_owned())
+                        .map_err(|_| {
+                            SourceError(format!(
+                                "header column {} is not UTF-8; save the file as UTF-8",
+                                i + 1
+                            ))
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>(),
+            Err(e) => Err(SourceError(format!("the source is not readable CSV: {e}"))),
+        };
+        let width = match &header {
+            Ok(h) => h.len(),
+            Err(_) => 0,
+        };
+        if header_tx.send(header).is_err() || width == 0 {
+            return;
+        }
+        let mut record = csv::ByteRecord::new();
+        let mut number = 0u64;
+        loop {
+            match rdr.read_byte_record(&mut record) {
+                Ok(false) => break,
+                Ok(true) => {
+                    number += 1;
+                    let row = csv_row(number, &record, width);
+                    if tx.blocking_send(Ok(row)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(SourceError(format!(
+                        "the source stopped being readable CSV after data row {number}: {e}"
+                    ))));
+                    return;
+                }
+            }
+        }
+    });
+    let names = header_rx
+        .await
+        .map_err(|_| SourceError("the CSV reader stopped unexpectedly".into()))??;
+    let columns = Columns::from_header(names, default_op).map_err(SourceError)?;
+    Ok(Reader { columns, rows: rx })
+}
+
+fn csv_row(number: u64, record: &csv::ByteRecord, width: usize) -> Row {
+    let mut row = Row {
+        number,
+        cells: Vec::with_capacity(width),
+        problem: None,
+    };
+    if record.len() != width {
+        row.problem = Some((
+            None,
+            format!(
+                "has {} fields but the header has {width}; check for a missing or extra comma, or an unclosed quote",
+                record.len()
+            ),
+        ));
+        return row;
+    }
+    for (i, field) in record.iter().enumerate() {
+        match std::str::from_utf8(field) {
+            Ok(s) => row.cells.push((!s.is_empty()).then(|| s.to_owned())),
+            Err(_) => {
+                row.problem = Some((
+                    Some(format!("#{}", i + 1)),
+                    "is not valid UTF-8; save the file as UTF-8".into(),
+                ));
+                row.cells.push(None);
+            }
+        }
+    }
+    row
+}
+
+async fn open_sqlite(
+    path: &Path,
+    table: &str,
+    default_op: Option<Op>,
+) -> Result<Reader, SourceError> {
+    let shown = path.display().to_string();
+    let mut conn = SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .connect()
+        .await
+        .map_err(|e| SourceError(format!("cannot open SQLite source {shown}: {e}")))?;
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM pragma_table_info(?1) ORDER BY cid")
+            .bind(table)
+            .fetch_all(&mut conn)
+            .await
+            .map_err(|e| SourceError(format!("{shown} is not a readable SQLite database: {e}")))?;
+    if names.is_empty() {
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type IN ('table','view') AND name NOT LIKE 'sqlite_%' ORDER BY name",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap_or_default();
+        return Err(SourceError(format!(
+            "{shown} has no table {table:?}; pass --table NAME (tables there: {})",
+            if tables.is_empty() {
+                "none".to_owned()
+            } else {
+                tables.join(", ")
+            }
+        )));
+    }
+    let columns = Columns::from_header(names.clone(), default_op).map_err(SourceError)?;
+    // The name is checked to exist above and quoted here; it is never otherwise spliced into SQL.
+    let quoted = format!("\"{}\"", table.replace('"', "\"\""));
+    let with_rowid = format!("SELECT rowid AS \"__convoy_rowid\", * FROM {quoted} ORDER BY rowid");
+    let has_rowid = sqlx::query(sqlx::AssertSqlSafe(format!("{with_rowid} LIMIT 0")))
+        .fetch_all(&mut conn)
+        .await
+        .is_ok()
+        && !names.iter().any(|n| n == "__convoy_rowid");
+    let sql = if has_rowid {
+        with_rowid
+    } else {
+        format!("SELECT * FROM {quoted}")
+    };
+    let width = names.len();
+    let (tx, rx) = mpsc::channel(CHANNEL);
+    tokio::spawn(async move {
+        let mut stream = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch(&mut conn);
+        let mut counter = 0u64;
+        loop {
+            match stream.try_next().await {
+                Ok(Some(r)) => {
+                    counter += 1;
+                    let row = sqlite_row(&r, has_rowid, counter, width);
+                    if tx.send(Ok(row)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    let _ = tx
+                        .send(Err(SourceError(format!(
+                            "reading the SQLite source failed after row {counter}: {e}"
+                        ))))
+                        .await;
+                    return;
+                }
+            }
+        }
+    });
+    Ok(Reader { columns, rows: rx })
+}
+
+fn sqlite_row(r: &SqliteRow, has_rowid: bool, counter: u64, width: usize) -> Row {
+    let offset = usize::from(has_rowid);
+    let number = if has_rowid {
+        r.try_get::<i64, _>(0).map(|n| n as u64).unwrap_or(counter)
+    } else {
+        counter
+    };
+    let mut row = Row {
+        number,
+        cells: Vec::with_capacity(width),
+        problem: None,
+    };
+    for i in offset..offset + width {
+        let value = r.try_get_raw(i).ok();
+        let ty = value
+            .as_ref()
+            .filter(|v| !v.is_null())
+            .map(|v| v.type_info().name().to_owned());
+        let text = match ty.as_deref() {
+            None => None,
+            Some("INTEGER") => r.try_get::<i64, _>(i).ok().map(|n| n.to_string()),
+            Some("REAL") => r.try_get::<f64, _>(i).ok().map(|n| n.to_string()),
+            Some("TEXT") => r.try_get::<String, _>(i).ok(),
+            Some(_) => match r.try_get::<Vec<u8>, _>(i).map(String::from_utf8) {
+                Ok(Ok(s)) => Some(s),
+                _ => {
+                    row.problem = Some((
+                        Some(r.columns()[i].name().to_owned()),
+                        "holds bytes that are not UTF-8 text".into(),
+                    ));
+                    None
+                }
+            },
+        };
+        row.cells.push(text.filter(|s| !s.is_empty()));
+    }
+    row
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
+}
