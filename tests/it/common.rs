@@ -1,0 +1,133 @@
+//! Test helpers: a temp dir with fixtures written from code, the binary run
+//! against a sandbox, and queries on the audit database.
+
+use convoy::sandbox::{Config, Sandbox};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+pub struct Work {
+    pub dir: tempfile::TempDir,
+    pub db: PathBuf,
+}
+
+impl Work {
+    pub fn new() -> Work {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("audit.db");
+        Work { dir, db }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn write(&self, name: &str, content: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, content).expect("write fixture");
+        p
+    }
+
+    /// The binary with a clean environment pointed at `sb` (when given).
+    pub fn convoy(&self, sb: Option<&Sandbox>) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_convoy"));
+        c.current_dir(self.dir.path()).env_clear();
+        c.env("PATH", std::env::var("PATH").unwrap_or_default());
+        c.env("CONVOY_DB", &self.db);
+        if let Some(sb) = sb {
+            c.env("ATTENTION_BASE_URL", sb.attention_url())
+                .env("VG_BASE_URL", sb.vg_url())
+                .env("ATTENTION_API_KEY", "sandbox-attention-key")
+                .env("VG_API_TOKEN", "sandbox-vg-token");
+        }
+        c.kill_on_drop(true);
+        c
+    }
+
+    /// Runs `convoy ARGS` against `sb` and returns its output.
+    pub async fn run(&self, sb: Option<&Sandbox>, args: &[&str]) -> Out {
+        let out = self
+            .convoy(sb)
+            .args(args)
+            .output()
+            .await
+            .expect("run convoy");
+        Out(out)
+    }
+
+    pub async fn db(&self) -> SqlitePool {
+        SqlitePool::connect_with(SqliteConnectOptions::new().filename(&self.db))
+            .await
+            .expect("open audit db")
+    }
+}
+
+pub struct Out(pub Output);
+
+impl Out {
+    pub fn code(&self) -> i32 {
+        self.0.status.code().unwrap_or(-1)
+    }
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+    /// Asserts the exit code, showing the output when it is wrong.
+    pub fn expect(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code(),
+            code,
+            "exit code\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout(),
+            self.stderr()
+        );
+        self
+    }
+}
+
+pub async fn sandbox(config: Config) -> Sandbox {
+    Sandbox::start(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("start sandbox")
+}
+
+pub async fn plain_sandbox() -> Sandbox {
+    sandbox(Config::default()).await
+}
+
+/// `(row_key, status, attempts, http_status)` of every audit row, in row order.
+pub async fn audit_rows(db: &SqlitePool) -> Vec<(String, String, i64, Option<i64>)> {
+    sqlx::query_as("SELECT row_key, status, attempts, http_status FROM audit ORDER BY row_number")
+        .fetch_all(db)
+        .await
+        .expect("audit rows")
+}
+
+/// Every byte of the audit database's files (main, WAL, shared memory).
+pub fn db_bytes(db: &Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        let p = PathBuf::from(format!("{}{suffix}", db.display()));
+        if let Ok(b) = std::fs::read(p) {
+            all.extend(b);
+        }
+    }
+    all
+}
+
+pub fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// A CSV from a header and rows.
+pub fn csv(header: &str, rows: &[String]) -> String {
+    let mut s = String::from(header);
+    s.push('\n');
+    for r in rows {
+        s.push_str(r);
+        s.push('\n');
+    }
+    s
+}

@@ -1,0 +1,10 @@
+//! convoy's integration tests: the real binary, a real sandbox on
+//! 127.0.0.1 that records every request, and real SQLite files.
+//!
+//! - `common`: the `Work` helper (temp dir, fixtures written from code, the binary run against a sandbox)
+//! - `run`: `convoy run`, issue by issue of the contract: the calls, order, retries, stops, secrets
+//! - `sandbox`: the simulator itself, and the whole pipeline through its faults
+
+mod common;
+mod run;
+mod sandbox;
