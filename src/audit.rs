@@ -9,6 +9,7 @@ use crate::edit::Api;
 use anyhow::Context;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, SqliteConnection, SqlitePool};
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -220,7 +221,7 @@ pub struct AttemptRecord {
 pub struct Snapshot {
     pub api: Api,
     pub conversation_id: Arc<str>,
-    pub json: String,
+    pub json: Arc<str>,
 }
 
 /// The end of one row's work in this run.
@@ -233,7 +234,7 @@ pub struct Outcome {
     pub attempts: u32,
     pub http_status: Option<u16>,
     pub error: Option<String>,
-    pub response: Option<String>,
+    pub response: Option<Arc<str>>,
     pub snapshot: Option<Snapshot>,
 }
 
@@ -259,10 +260,20 @@ impl Recorder {
         db: &Db,
         batch_id: &str,
     ) -> anyhow::Result<(Recorder, tokio::task::JoinHandle<anyhow::Result<()>>)> {
-        let conn = db.pool.acquire().await?.detach();
+        let mut conn = db.pool.acquire().await?.detach();
+        // Checkpoints run beside the writer (below), never inside its commits,
+        // so marking a row in_flight never waits for a WAL copy and fsync.
+        sqlx::query("PRAGMA wal_autocheckpoint = 0")
+            .execute(&mut conn)
+            .await?;
         let (tx, rx) = mpsc::channel(GROUP);
         let batch_id = batch_id.to_owned();
-        let task = tokio::spawn(write_loop(conn, batch_id, rx));
+        let checkpointer = tokio::spawn(checkpoint_loop(db.clone()));
+        let task = tokio::spawn(async move {
+            let result = write_loop(conn, batch_id, rx).await;
+            checkpointer.abort();
+            result
+        });
         Ok((Recorder { tx }, task))
     }
 
@@ -312,86 +323,193 @@ async fn write_loop(
     batch_id: String,
     mut rx: mpsc::Receiver<Event>,
 ) -> anyhow::Result<()> {
-    let mut events = Vec::with_capacity(GROUP);
-    while rx.recv_many(&mut events, GROUP).await > 0 {
-        let mut acks = Vec::new();
-        let mut in_flight = Vec::new();
-        let at = now();
-        let mut tx = conn.begin().await.context("audit database: begin")?;
-        for e in events.drain(..) {
-            match e {
-                Event::InFlight { id, ack } => {
-                    in_flight.push(id);
-                    acks.push(ack);
-                }
-                Event::Flush(ack) => acks.push(ack),
-                Event::Attempt(a) => {
-                    sqlx::query(
-                        "INSERT OR REPLACE INTO attempts (batch_id, row_key, attempt, started_at, duration_ms, http_status, error) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    )
-                    .bind(&batch_id)
-                    .bind(&*a.row_key)
-                    .bind(a.attempt as i64)
-                    .bind(&a.started_at)
-                    .bind(a.duration_ms as i64)
-                    .bind(a.http_status.map(i64::from))
-                    .bind(&a.error)
-                    .execute(&mut *tx)
-                    .await
-                    .context("audit database: record an attempt")?;
-                }
-                Event::Finished(o) => {
-                    sqlx::query(
-                        "UPDATE audit SET status = ?1, attempts = ?2, http_status = ?3, error = ?4, response = ?5, \
-                         finished_at = CASE WHEN ?1 = 'pending' THEN NULL ELSE ?6 END WHERE rowid = ?7",
-                    )
-                    .bind(o.status.as_str())
-                    .bind(o.attempts as i64)
-                    .bind(o.http_status.map(i64::from))
-                    .bind(&o.error)
-                    .bind(&o.response)
-                    .bind(&at)
-                    .bind(o.id)
-                    .execute(&mut *tx)
-                    .await
-                    .context("audit database: record an outcome")?;
-                    if let Some(s) = o.snapshot {
-                        sqlx::query(
-                            "INSERT INTO conversations (api, conversation_id, snapshot, batch_id, row_key, updated_at) \
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (api, conversation_id) DO UPDATE SET \
-                             snapshot = excluded.snapshot, batch_id = excluded.batch_id, row_key = excluded.row_key, \
-                             updated_at = excluded.updated_at",
-                        )
-                        .bind(s.api.name())
-                        .bind(&*s.conversation_id)
-                        .bind(&s.json)
-                        .bind(&batch_id)
-                        .bind(&*o.row_key)
-                        .bind(&at)
-                        .execute(&mut *tx)
-                        .await
-                        .context("audit database: record a snapshot")?;
-                    }
-                }
+    /// Outcome-side events written per transaction, so a mark never waits long.
+    const CHUNK: usize = 128;
+    let mut marks: Vec<(i64, oneshot::Sender<()>)> = Vec::new();
+    // Attempts, outcomes and flushes, in arrival order.
+    let mut queue: VecDeque<Event> = VecDeque::new();
+    let mut open = true;
+    while open || !marks.is_empty() || !queue.is_empty() {
+        if marks.is_empty() && queue.is_empty() {
+            match rx.recv().await {
+                Some(e) => sort(e, &mut marks, &mut queue),
+                None => open = false,
             }
         }
-        if !in_flight.is_empty() {
-            let ids = serde_json::to_string(&in_flight)?;
+        while let Ok(e) = rx.try_recv() {
+            sort(e, &mut marks, &mut queue);
+        }
+        let at = now();
+        // Calls wait for their marks: those go first, in a short transaction of their own.
+        // (A row's outcome never precedes its own mark, which it waited for.)
+        if !marks.is_empty() {
+            let ids: Vec<i64> = marks.iter().map(|(id, _)| *id).collect();
+            let mut tx = conn.begin().await.context("audit database: begin")?;
             sqlx::query(
                 "UPDATE audit SET status = 'in_flight', started_at = COALESCE(started_at, ?1), finished_at = NULL \
                  WHERE rowid IN (SELECT value FROM json_each(?2))",
             )
             .bind(&at)
-            .bind(ids)
+            .bind(serde_json::to_string(&ids)?)
             .execute(&mut *tx)
             .await
             .context("audit database: mark rows in flight")?;
+            tx.commit().await.context("audit database: commit")?;
+            for (_, ack) in marks.drain(..) {
+                let _ = ack.send(());
+            }
+            continue;
         }
-        tx.commit().await.context("audit database: commit")?;
-        for ack in acks {
+        let (mut attempts, mut outcomes, mut flushed) = (Vec::new(), Vec::new(), Vec::new());
+        for e in queue.drain(..queue.len().min(CHUNK)) {
+            match e {
+                Event::Attempt(a) => attempts.push(a),
+                Event::Finished(o) => outcomes.push(o),
+                Event::Flush(ack) => flushed.push(ack),
+                Event::InFlight { .. } => unreachable!("marks are sorted out"),
+            }
+        }
+        if !attempts.is_empty() || !outcomes.is_empty() {
+            let mut tx = conn.begin().await.context("audit database: begin")?;
+            write_attempts(&mut tx, &batch_id, &attempts)
+                .await
+                .context("audit database: record attempts")?;
+            write_outcomes(&mut tx, &batch_id, &at, &outcomes)
+                .await
+                .context("audit database: record outcomes")?;
+            tx.commit().await.context("audit database: commit")?;
+        }
+        for ack in flushed {
             let _ = ack.send(());
         }
+    }
+    Ok(())
+}
+
+fn sort(e: Event, marks: &mut Vec<(i64, oneshot::Sender<()>)>, queue: &mut VecDeque<Event>) {
+    match e {
+        Event::InFlight { id, ack } => marks.push((id, ack)),
+        other => queue.push_back(other),
+    }
+}
+
+/// Copies the WAL into the database every second from another connection
+/// (a passive checkpoint never blocks the writer).
+async fn checkpoint_loop(db: Db) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let _ = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&db.pool)
+            .await;
+    }
+}
+
+/// Splits `n` rows into statement sizes from a small fixed set, so each
+/// multi-row statement is prepared once and then reused from the cache.
+fn chunk_sizes(mut n: usize) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        let size = [64, 16, 4, 1].into_iter().find(|s| *s <= n)?;
+        n -= size;
+        Some(size)
+    })
+}
+
+/// `(?,?,?),(?,?,?)...`: `rows` groups of `cols` placeholders.
+fn placeholders(rows: usize, cols: usize) -> String {
+    let one = format!("({})", vec!["?"; cols].join(","));
+    vec![one; rows].join(",")
+}
+
+async fn write_attempts(
+    tx: &mut SqliteConnection,
+    batch_id: &str,
+    attempts: &[AttemptRecord],
+) -> sqlx::Result<()> {
+    let mut rest = attempts;
+    for size in chunk_sizes(attempts.len()) {
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        let sql = format!(
+            "INSERT OR REPLACE INTO attempts (batch_id, row_key, attempt, started_at, duration_ms, http_status, error) VALUES {}",
+            placeholders(size, 7)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for a in chunk {
+            q = q
+                .bind(batch_id)
+                .bind(&*a.row_key)
+                .bind(a.attempt as i64)
+                .bind(&a.started_at)
+                .bind(a.duration_ms as i64)
+                .bind(a.http_status.map(i64::from))
+                .bind(&a.error);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
+async fn write_outcomes(
+    tx: &mut SqliteConnection,
+    batch_id: &str,
+    at: &str,
+    outcomes: &[Outcome],
+) -> sqlx::Result<()> {
+    let mut rest = outcomes;
+    for size in chunk_sizes(outcomes.len()) {
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        // column1 = rowid, then status, attempts, http_status, error, response.
+        let sql = format!(
+            "UPDATE audit SET status = v.column2, attempts = v.column3, http_status = v.column4, error = v.column5, \
+             response = v.column6, finished_at = CASE WHEN v.column2 = 'pending' THEN NULL ELSE ? END \
+             FROM (VALUES {}) AS v WHERE audit.rowid = v.column1",
+            placeholders(size, 6)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(at);
+        for o in chunk {
+            q = q
+                .bind(o.id)
+                .bind(o.status.as_str())
+                .bind(o.attempts as i64)
+                .bind(o.http_status.map(i64::from))
+                .bind(&o.error)
+                .bind(o.response.as_deref());
+        }
+        q.execute(&mut *tx).await?;
+    }
+    // The latest snapshot per conversation: later outcomes in the group win.
+    let mut latest: Vec<(&Snapshot, &str)> = Vec::new();
+    for o in outcomes.iter().rev() {
+        if let Some(s) = &o.snapshot
+            && !latest
+                .iter()
+                .any(|(l, _)| l.api == s.api && l.conversation_id == s.conversation_id)
+        {
+            latest.push((s, &o.row_key));
+        }
+    }
+    let mut rest = &latest[..];
+    for size in chunk_sizes(latest.len()) {
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        let sql = format!(
+            "INSERT INTO conversations (api, conversation_id, snapshot, batch_id, row_key, updated_at) VALUES {} \
+             ON CONFLICT (api, conversation_id) DO UPDATE SET snapshot = excluded.snapshot, batch_id = excluded.batch_id, \
+             row_key = excluded.row_key, updated_at = excluded.updated_at",
+            placeholders(size, 6)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (s, row_key) in chunk {
+            q = q
+                .bind(s.api.name())
+                .bind(&*s.conversation_id)
+                .bind(&*s.json)
+                .bind(batch_id)
+                .bind(*row_key)
+                .bind(at);
+        }
+        q.execute(&mut *tx).await?;
     }
     Ok(())
 }

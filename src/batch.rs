@@ -279,8 +279,27 @@ pub async fn plan(
     let mut sum = PlanSummary::default();
     let mut buf = Vec::with_capacity(PLAN_CHUNK);
     let mut notes = 0u64;
+    // Chunks are inserted by a task of their own while the next is validated.
+    let (chunks, mut to_insert) = mpsc::channel::<Vec<PlannedRow>>(2);
+    let (db2, id2) = (db.clone(), batch_id.to_owned());
+    let inserter = tokio::spawn(async move {
+        while let Some(chunk) = to_insert.recv().await {
+            audit::insert_planned(&db2, &id2, &chunk).await??;
+        }
+        Ok::<_, PlanError>(())
+    });
+    let inserted = |inserter: tokio::task::JoinHandle<Result<(), PlanError>>| async move {
+        inserter.await.map_err(|e| PlanError::Db(e.into()))?
+    };
     while let Some(row) = reader.rows.recv().await {
-        let row = row?;
+        let row = match row {
+            Ok(r) => r,
+            Err(e) => {
+                drop(chunks);
+                inserted(inserter).await?;
+                return Err(e.into());
+            }
+        };
         let (planned, warnings) = plan_row(&reader.columns, &row, endpoints);
         sum.rows += 1;
         for w in warnings {
@@ -305,11 +324,17 @@ pub async fn plan(
         progress.planned(sum.rows);
         buf.push(planned);
         if buf.len() == PLAN_CHUNK {
-            audit::insert_planned(db, batch_id, &buf).await??;
-            buf.clear();
+            let full = std::mem::replace(&mut buf, Vec::with_capacity(PLAN_CHUNK));
+            if chunks.send(full).await.is_err() {
+                break; // the inserter failed: its error is returned below
+            }
         }
     }
-    audit::insert_planned(db, batch_id, &buf).await??;
+    if !buf.is_empty() {
+        let _ = chunks.send(buf).await;
+    }
+    drop(chunks);
+    inserted(inserter).await?;
     if sum.invalid > SHOWN {
         progress.println(&format!(
             "... and {} more invalid rows (`convoy failures {batch_id}` lists them all)",

@@ -428,37 +428,39 @@ impl Executor {
                     408 | 500..=599 => Verdict::Retry,
                     _ => Verdict::Final,
                 };
-                let parsed = serde_json::from_slice::<serde_json::Value>(&body.bytes).ok();
+                let text: Arc<str> = match String::from_utf8(body.bytes) {
+                    Ok(t) => Arc::from(t),
+                    Err(e) => Arc::from(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+                };
+                let mut notes = Vec::new();
                 if a.verdict == Verdict::Success {
-                    a.snapshot = parsed.as_ref().and_then(|v| snapshot(job, v, &body.bytes));
+                    a.snapshot = snapshot(job, &text);
+                    if !text.is_empty()
+                        && serde_json::from_str::<serde::de::IgnoredAny>(&text).is_err()
+                        && !body.truncated
+                    {
+                        notes.push(
+                            "the API answered success but its body is not JSON; stored as text"
+                                .to_owned(),
+                        );
+                    }
                 } else {
-                    a.error = Some(error_text(status, parsed.as_ref(), &body.bytes));
+                    notes.push(error_text(status, &text));
                 }
                 if let Some(e) = body_error {
-                    a.error = Some(match a.error.take() {
-                        Some(x) => format!("{x}; {e}"),
-                        None => e,
-                    });
+                    notes.push(e);
                 } else if body.truncated {
-                    let note = format!(
+                    notes.push(format!(
                         "response truncated: {} bytes, {} kept",
                         body.full_len,
-                        body.bytes.len()
-                    );
-                    a.error = Some(match a.error.take() {
-                        Some(x) => format!("{x}; {note}"),
-                        None => note,
-                    });
-                } else if a.verdict == Verdict::Success
-                    && parsed.is_none()
-                    && !body.bytes.is_empty()
-                {
-                    a.error = Some(
-                        "the API answered success but its body is not JSON; stored as text".into(),
-                    );
+                        text.len()
+                    ));
                 }
-                if !body.bytes.is_empty() {
-                    a.response = Some(String::from_utf8_lossy(&body.bytes).into_owned());
+                if !notes.is_empty() {
+                    a.error = Some(notes.join("; "));
+                }
+                if !text.is_empty() {
+                    a.response = Some(text);
                 }
             }
         }
@@ -473,7 +475,7 @@ struct Attempted {
     duration_ms: u64,
     http_status: Option<u16>,
     error: Option<String>,
-    response: Option<String>,
+    response: Option<Arc<str>>,
     snapshot: Option<Snapshot>,
     retry_after: Option<Duration>,
     verdict: Verdict,
@@ -526,17 +528,28 @@ async fn read_body(mut resp: reqwest::Response) -> (Body, Option<String>) {
     }
 }
 
-/// The conversation the API returned: Attention's resource, VG's `data`.
-fn snapshot(job: &Job, v: &serde_json::Value, raw: &[u8]) -> Option<Snapshot> {
-    let json = match job.api {
-        Api::Attention if v.get("attributes").is_some() => {
-            String::from_utf8_lossy(raw).into_owned()
+/// The parts of a response body convoy looks at; the rest is skipped, not built.
+#[derive(serde::Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    attributes: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    data: Option<&'a serde_json::value::RawValue>,
+}
+
+/// The conversation the API returned: Attention's resource (the body itself,
+/// or its `data`), VG's `data`.
+fn snapshot(job: &Job, text: &Arc<str>) -> Option<Snapshot> {
+    let doc: Envelope = serde_json::from_str(text).ok()?;
+    let json: Arc<str> = match (job.api, doc.attributes, doc.data) {
+        (Api::Attention, Some(_), _) => text.clone(),
+        (Api::Attention, None, Some(data)) => {
+            let inner: Envelope = serde_json::from_str(data.get()).ok()?;
+            inner.attributes?;
+            Arc::from(data.get())
         }
-        Api::Attention => v
-            .get("data")
-            .filter(|d| d.get("attributes").is_some())?
-            .to_string(),
-        Api::Vg => v.get("data").filter(|d| d.is_object())?.to_string(),
+        (Api::Vg, _, Some(data)) if data.get().starts_with('{') => Arc::from(data.get()),
+        _ => return None,
     };
     Some(Snapshot {
         api: job.api,
@@ -545,12 +558,10 @@ fn snapshot(job: &Job, v: &serde_json::Value, raw: &[u8]) -> Option<Snapshot> {
     })
 }
 
-fn error_text(
-    status: reqwest::StatusCode,
-    parsed: Option<&serde_json::Value>,
-    raw: &[u8],
-) -> String {
+fn error_text(status: reqwest::StatusCode, text: &str) -> String {
+    let parsed = serde_json::from_str::<serde_json::Value>(text).ok();
     let detail = parsed
+        .as_ref()
         .and_then(|v| {
             ["message", "error", "detail", "title"]
                 .iter()
@@ -558,8 +569,11 @@ fn error_text(
                 .or_else(|| v.get("errors").map(|e| e.to_string()))
         })
         .unwrap_or_else(|| {
-            let text = String::from_utf8_lossy(&raw[..raw.len().min(200)]);
-            let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            let cut = (0..=text.len().min(200))
+                .rev()
+                .find(|i| text.is_char_boundary(*i))
+                .unwrap_or(0);
+            let text: String = text[..cut].split_whitespace().collect::<Vec<_>>().join(" ");
             if text.starts_with('<') {
                 "(an HTML page)".into()
             } else {

@@ -303,7 +303,11 @@ impl std::error::Error for Dropped {}
 type Reply = Result<Response<Full<Bytes>>, Dropped>;
 
 fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    reply_text(status, body.to_string())
+}
+
+fn reply_text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -595,7 +599,7 @@ impl State {
         let response = match result {
             Ok((applied, doc)) => {
                 rec.applied = applied;
-                let mut r = reply(StatusCode::OK, doc);
+                let mut r = reply_text(StatusCode::OK, doc);
                 if let Some(b) = answer_body {
                     *r.body_mut() = Full::new(Bytes::from(b));
                 }
@@ -614,7 +618,7 @@ impl State {
         id: &str,
         call: AttentionCall,
         body: &[u8],
-    ) -> Result<(bool, Value), String> {
+    ) -> Result<(bool, String), String> {
         let parsed = match call {
             AttentionCall::Get | AttentionCall::Archive => Map::new(),
             _ => match serde_json::from_slice::<Value>(body) {
@@ -709,18 +713,26 @@ impl State {
             }
             AttentionCall::Get => {}
         }
+        #[derive(Serialize)]
+        struct Doc<'a> {
+            r#type: &'static str,
+            id: &'a str,
+            attributes: &'a Map<String, Value>,
+            links: Value,
+        }
+        let doc = Doc {
+            r#type: "conversations",
+            id,
+            attributes: conv,
+            links: json!({ "self": format!("/v2/conversations/{}", crate::call::encode_segment(id)) }),
+        };
         Ok((
             applied,
-            json!({
-                "type": "conversations",
-                "id": id,
-                "attributes": conv,
-                "links": { "self": format!("/v2/conversations/{}", crate::call::encode_segment(id)) },
-            }),
+            serde_json::to_string(&doc).map_err(|e| e.to_string())?,
         ))
     }
 
-    fn vg(&self, agent: &str, id: &str, patch: Option<&[u8]>) -> Result<(bool, Value), String> {
+    fn vg(&self, agent: &str, id: &str, patch: Option<&[u8]>) -> Result<(bool, String), String> {
         let fields = match patch {
             None => None,
             Some(body) => {
@@ -787,9 +799,20 @@ impl State {
         } else {
             "Conversation found"
         };
+        #[derive(Serialize)]
+        struct Doc<'a> {
+            success: bool,
+            message: &'static str,
+            data: &'a Map<String, Value>,
+        }
+        let doc = Doc {
+            success: true,
+            message,
+            data: conv,
+        };
         Ok((
             applied,
-            json!({ "success": true, "message": message, "data": conv }),
+            serde_json::to_string(&doc).map_err(|e| e.to_string())?,
         ))
     }
 }

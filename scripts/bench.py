@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""convoy's benchmarks, against the sandbox on loopback (no network).
+
+    python3 scripts/bench.py [throughput|memory|rate|all]
+
+throughput: 100,000 generated rows, --concurrency 64, no rate limit, full
+            audit and snapshots on; rows/s of the whole `convoy run`
+            (plan phase + send phase), the sandbox on the same 2 cores.
+memory:     peak RSS of `convoy run` for 100,000 and 1,000,000 rows.
+rate:       1,000 rows at --attention-rate 50/s: total time against the
+            ideal 20 s, and the most calls the server saw in any 1 s window.
+
+Builds the release binary first. Prints a Markdown table of the figures.
+"""
+import csv, json, os, re, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "convoy")
+KEY, TOKEN = "sandbox-attention-key", "sandbox-vg-token"
+
+
+def build():
+    subprocess.run(["cargo", "build", "--release", "--locked", "-q"], cwd=ROOT, check=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Sandbox:
+    def __init__(self, *extra):
+        self.port = free_port()
+        self.proc = subprocess.Popen([BIN, "sandbox", "--listen", f"127.0.0.1:{self.port}", *extra],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.proc.stdout.readline()  # "listening on ..." once bound
+
+    def env(self):
+        return {**os.environ, "ATTENTION_BASE_URL": f"http://127.0.0.1:{self.port}/v2",
+                "VG_BASE_URL": f"http://127.0.0.1:{self.port}", "ATTENTION_API_KEY": KEY, "VG_API_TOKEN": TOKEN}
+
+    def requests(self):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/_sandbox/requests") as r:
+            return json.load(r)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(10)
+
+
+def generate(path, n, conversations=10_000):
+    """n rows over `conversations` conversations, all five ops."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["row_id", "op", "conversation_id", "agent_id", "title", "labels", "intelligence", "state", "tags"])
+        for i in range(n):
+            c = i % conversations
+            k = i % 5
+            if k == 0:
+                w.writerow([f"r{i}", "attention.set_labels", f"att-{c}", "", "", json.dumps({"stage": f"s{i % 7}", "owner": "ops"}), "", "", ""])
+            elif k == 1:
+                w.writerow([f"r{i}", "attention.update", f"att-{c}", "", f"Title {i}", "", "", "", ""])
+            elif k == 2:
+                w.writerow([f"r{i}", "attention.confirm_crm", f"att-{c}", "", "", "",
+                            json.dumps([{"id": f"i{i}", "key": "next_steps", "value": "Demo", "title": "Next Steps"}]), "", ""])
+            elif k == 3:
+                w.writerow([f"r{i}", "vg.update", f"vg-{c}", f"agent-{c % 10}", "", "", "", "open", json.dumps(["nightly"])])
+            else:
+                w.writerow([f"r{i}", "attention.archive", f"att-{c}", "", "", "", "", "", ""])
+
+
+def timed_run(sb, work, src, *args):
+    """Runs `convoy run`, returns (seconds, peak RSS in MB, stdout)."""
+    db = os.path.join(work, f"audit-{time.time_ns()}.db")
+    t0 = time.monotonic()
+    p = subprocess.run(["/usr/bin/time", "-v", BIN, "--db", db, "--quiet", "run", src, *args],
+                       env=sb.env(), capture_output=True, text=True)
+    secs = time.monotonic() - t0
+    if p.returncode != 0:
+        sys.exit(f"convoy run failed ({p.returncode}):\n{p.stdout}\n{p.stderr[-3000:]}")
+    rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr).group(1))
+    return secs, rss_kb / 1024, p.stdout.strip()
+
+
+def throughput(work, figures):
+    src = os.path.join(work, "rows-100k.csv")
+    generate(src, 100_000)
+    sb = Sandbox("--no-log")
+    try:
+        secs, rss, out = timed_run(sb, work, src, "--concurrency", "64", "--attention-rate", "0", "--vg-rate", "0")
+    finally:
+        sb.stop()
+    figures.append(("throughput, 100,000 rows, --concurrency 64, no limit", f"{100_000 / secs:,.0f} rows/s ({secs:.1f} s)", ">= 10,000 rows/s"))
+    print(out, file=sys.stderr)
+
+
+def memory(work, figures):
+    for n in (100_000, 1_000_000):
+        src = os.path.join(work, f"rows-{n}.csv")
+        if not os.path.exists(src):
+            generate(src, n)
+        sb = Sandbox("--no-log")
+        try:
+            secs, rss, out = timed_run(sb, work, src, "--concurrency", "64", "--attention-rate", "0", "--vg-rate", "0")
+        finally:
+            sb.stop()
+        figures.append((f"peak RSS, {n:,} rows", f"{rss:.1f} MB ({n / secs:,.0f} rows/s)", "< 100 MB, same for both"))
+
+
+def rate(work, figures):
+    src = os.path.join(work, "rows-1k.csv")
+    with open(src, "w") as f:
+        f.write("op,conversation_id,title\n")
+        for i in range(1000):
+            f.write(f"attention.update,c{i % 100},t{i}\n")
+    sb = Sandbox()
+    try:
+        secs, _, _ = timed_run(sb, work, src, "--attention-rate", "50/s")
+        at = sorted(r["at_ms"] for r in sb.requests())
+    finally:
+        sb.stop()
+    span = (at[-1] - at[0]) / 1000
+    # The most calls in any window [t, t + 1 s), t at each call.
+    j, most = 0, 0
+    for i in range(len(at)):
+        while j < len(at) and at[j] < at[i] + 1000:
+            j += 1
+        most = max(most, j - i)
+    ideal = 999 / 50
+    figures.append(("rate accuracy, 1,000 rows at 50/s", f"first to last call {span:.2f} s vs {ideal:.2f} s ideal ({100 * (span - ideal) / ideal:+.2f}%); most in any 1 s window: {most}", "within 2% of 20 s; never > 50 in 1 s"))
+
+
+def main():
+    what = sys.argv[1] if len(sys.argv) > 1 else "all"
+    build()
+    work = tempfile.mkdtemp(prefix="convoy-bench-")
+    figures = []
+    try:
+        if what in ("throughput", "all"):
+            throughput(work, figures)
+        if what in ("memory", "all"):
+            memory(work, figures)
+        if what in ("rate", "all"):
+            rate(work, figures)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print("| measure | figure | target |\n|---|---|---|")
+    for m, f, t in figures:
+        print(f"| {m} | {f} | {t} |")
+
+
+if __name__ == "__main__":
+    main()
