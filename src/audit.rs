@@ -122,16 +122,27 @@ pub struct DuplicateKey {
     pub first_row_number: u64,
 }
 
-const PLANNED_COLUMNS: usize = 14;
+const PLANNED_COLUMNS: usize = 15;
 const INSERT_CHUNK: usize = 64;
 
-fn insert_sql(rows: usize) -> String {
-    let one = format!("({})", vec!["?"; PLANNED_COLUMNS].join(","));
-    format!(
+/// The statement for `rows` planned rows. `upsert`: a row already recorded
+/// is re-planned in place, keeping its attempts and last answer.
+fn planned_sql(rows: usize, upsert: bool) -> String {
+    let mut sql = format!(
         "INSERT INTO audit (batch_id, row_key, row_number, row_hash, op, api, conversation_id, agent_id, \
-         method, url, request_body, status, error, source_row) VALUES {}",
-        vec![one; rows].join(",")
-    )
+         method, url, request_body, status, error, source_row, pass) VALUES {}",
+        placeholders(rows, PLANNED_COLUMNS)
+    );
+    if upsert {
+        sql.push_str(
+            " ON CONFLICT (batch_id, row_key) DO UPDATE SET row_number = excluded.row_number, \
+             row_hash = excluded.row_hash, op = excluded.op, api = excluded.api, \
+             conversation_id = excluded.conversation_id, agent_id = excluded.agent_id, method = excluded.method, \
+             url = excluded.url, request_body = excluded.request_body, status = excluded.status, \
+             error = COALESCE(excluded.error, audit.error), source_row = excluded.source_row, pass = excluded.pass",
+        );
+    }
+    sql
 }
 
 /// Inserts planned rows in one transaction; a repeated key fails the whole
@@ -141,10 +152,37 @@ pub async fn insert_planned(
     batch_id: &str,
     rows: &[PlannedRow],
 ) -> anyhow::Result<Result<(), DuplicateKey>> {
+    match write_planned(db, batch_id, 1, rows, false).await {
+        Err(e)
+            if e.as_database_error()
+                .is_some_and(|d| d.kind() == sqlx::error::ErrorKind::UniqueViolation) =>
+        {
+            Ok(Err(find_duplicate(db, batch_id, rows).await?))
+        }
+        other => Ok(other.map(Ok)?),
+    }
+}
+
+/// Writes planned rows for a resume's `pass`, re-planning those already recorded.
+pub async fn upsert_planned(
+    db: &Db,
+    batch_id: &str,
+    pass: i64,
+    rows: &[PlannedRow],
+) -> anyhow::Result<()> {
+    Ok(write_planned(db, batch_id, pass, rows, true).await?)
+}
+
+async fn write_planned(
+    db: &Db,
+    batch_id: &str,
+    pass: i64,
+    rows: &[PlannedRow],
+    upsert: bool,
+) -> sqlx::Result<()> {
     let mut tx = db.pool.begin().await?;
     for chunk in rows.chunks(INSERT_CHUNK) {
-        let sql = insert_sql(chunk.len());
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(planned_sql(chunk.len(), upsert)));
         for r in chunk {
             q = q
                 .bind(batch_id)
@@ -160,21 +198,12 @@ pub async fn insert_planned(
                 .bind(&r.request_body)
                 .bind(r.status.as_str())
                 .bind(&r.error)
-                .bind(&r.source_row);
+                .bind(&r.source_row)
+                .bind(pass);
         }
-        if let Err(e) = q.execute(&mut *tx).await {
-            let unique = e
-                .as_database_error()
-                .is_some_and(|d| d.kind() == sqlx::error::ErrorKind::UniqueViolation);
-            if !unique {
-                return Err(e.into());
-            }
-            drop(tx);
-            return Ok(Err(find_duplicate(db, batch_id, chunk).await?));
-        }
+        q.execute(&mut *tx).await?;
     }
-    tx.commit().await?;
-    Ok(Ok(()))
+    tx.commit().await
 }
 
 async fn find_duplicate(
@@ -394,15 +423,29 @@ fn sort(e: Event, marks: &mut Vec<(i64, oneshot::Sender<()>)>, queue: &mut VecDe
 }
 
 /// Copies the WAL into the database every second from another connection
-/// (a passive checkpoint never blocks the writer).
+/// (a passive checkpoint never blocks the writer). A passive checkpoint can
+/// never catch up with a WAL that is written all the time, so once the WAL
+/// passes [`WAL_RESTART_FRAMES`] a RESTART checkpoint copies the little that
+/// is left and makes the next write start the WAL from the beginning: the
+/// WAL (and the memory its index maps) stays bounded however long the batch.
 async fn checkpoint_loop(db: Db) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let _ = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&db.pool)
+        let passive: Result<(i64, i64, i64), _> = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&db.pool)
             .await;
+        if let Ok((_, frames, _)) = passive
+            && frames > WAL_RESTART_FRAMES
+        {
+            let _ = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+                .execute(&db.pool)
+                .await;
+        }
     }
 }
+
+/// 16,384 pages of 4 KiB: 64 MiB of WAL.
+const WAL_RESTART_FRAMES: i64 = 16_384;
 
 /// Splits `n` rows into statement sizes from a small fixed set, so each
 /// multi-row statement is prepared once and then reused from the cache.

@@ -594,3 +594,271 @@ pub async fn tally(db: &Db, id: &str) -> anyhow::Result<Tally> {
     }
     Ok(t)
 }
+
+/// A batch as recorded.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub id: String,
+    pub source: String,
+    pub source_kind: String,
+    pub source_table: Option<String>,
+    pub status: String,
+    pub options: Options,
+    pub pid: Option<i64>,
+    pub passes: i64,
+}
+
+pub async fn load(db: &Db, id: &str) -> anyhow::Result<Option<Recorded>> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        id: String,
+        source: String,
+        source_kind: String,
+        source_table: Option<String>,
+        status: String,
+        options: String,
+        pid: Option<i64>,
+        passes: i64,
+    }
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT id, source, source_kind, source_table, status, options, pid, passes FROM batches WHERE id = ?1",
+    )
+    .bind(id)
+    .fetch_optional(&db.pool)
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    let options = serde_json::from_str(&r.options).map_err(|e| {
+        anyhow::anyhow!("batch {}: its recorded options are unreadable ({e})", r.id)
+    })?;
+    Ok(Some(Recorded {
+        id: r.id,
+        source: r.source,
+        source_kind: r.source_kind,
+        source_table: r.source_table,
+        status: r.status,
+        options,
+        pid: r.pid,
+        passes: r.passes,
+    }))
+}
+
+/// Whether the process that last ran a batch is still alive (Linux: /proc).
+pub fn process_alive(pid: Option<i64>) -> bool {
+    match pid {
+        Some(pid) if pid != i64::from(std::process::id()) => {
+            std::path::Path::new(&format!("/proc/{pid}")).exists()
+        }
+        _ => false,
+    }
+}
+
+/// Starts a new pass of a recorded batch: `running`, this process, the new options.
+pub async fn begin_pass(db: &Db, id: &str, options: &Options) -> anyhow::Result<i64> {
+    let (pass,): (i64,) = sqlx::query_as(
+        "UPDATE batches SET passes = passes + 1, status = 'running', finished_at = NULL, pid = ?2, options = ?3 \
+         WHERE id = ?1 RETURNING passes",
+    )
+    .bind(id)
+    .bind(i64::from(std::process::id()))
+    .bind(serde_json::to_string(options)?)
+    .fetch_one(&db.pool)
+    .await?;
+    Ok(pass)
+}
+
+/// What a resume's reconciliation found.
+#[derive(Debug, Default)]
+pub struct Reconciled {
+    pub plan: PlanSummary,
+    /// Succeeded rows whose content changed since (not sent again).
+    pub changed_after_success: u64,
+    /// Not-yet-succeeded rows whose content changed since (re-validated).
+    pub changed: u64,
+    pub added: u64,
+    pub gone: Vec<String>,
+    pub gone_count: u64,
+}
+
+/// Reads the source again for pass `pass`: every row not yet succeeded is
+/// re-validated and re-planned (so fixed rows become valid), new rows are
+/// added, succeeded rows are only compared (never re-planned or re-sent).
+pub async fn reconcile(
+    db: &Db,
+    batch_id: &str,
+    pass: i64,
+    mut reader: Reader,
+    endpoints: &Endpoints,
+    progress: &Progress,
+) -> Result<Reconciled, PlanError> {
+    const CHUNK: usize = 1000;
+    let mut out = Reconciled::default();
+    // Keys seen in this pass, to catch a repeated row_id without holding them in memory.
+    let mut seen = db.pool.acquire().await.map_err(anyhow::Error::from)?;
+    sqlx::query(
+        "CREATE TEMP TABLE IF NOT EXISTS seen_keys (row_key TEXT PRIMARY KEY, row_number INTEGER)",
+    )
+    .execute(&mut *seen)
+    .await
+    .map_err(anyhow::Error::from)?;
+    sqlx::query("DELETE FROM seen_keys")
+        .execute(&mut *seen)
+        .await
+        .map_err(anyhow::Error::from)?;
+    let mut rows = Vec::with_capacity(CHUNK);
+    let mut notes = 0u64;
+    let mut done = false;
+    while !done {
+        rows.clear();
+        while rows.len() < CHUNK {
+            match reader.rows.recv().await {
+                Some(r) => rows.push(r?),
+                None => {
+                    done = true;
+                    break;
+                }
+            }
+        }
+        if rows.is_empty() {
+            break;
+        }
+        let keys: Vec<String> = rows.iter().map(|r| reader.columns.row_key(r)).collect();
+        // Repeated keys: within this chunk, or against earlier chunks.
+        let mut in_chunk = std::collections::HashMap::new();
+        for (k, r) in keys.iter().zip(&rows) {
+            if let Some(first) = in_chunk.insert(k.as_str(), r.number) {
+                return Err(DuplicateKey {
+                    row_key: k.clone(),
+                    row_number: r.number,
+                    first_row_number: first,
+                }
+                .into());
+            }
+        }
+        let numbers: Vec<u64> = rows.iter().map(|r| r.number).collect();
+        let earlier: Option<(String, i64)> = sqlx::query_as(
+            "SELECT row_key, row_number FROM seen_keys WHERE row_key IN (SELECT value FROM json_each(?1)) LIMIT 1",
+        )
+        .bind(serde_json::to_string(&keys).map_err(anyhow::Error::from)?)
+        .fetch_optional(&mut *seen)
+        .await
+        .map_err(anyhow::Error::from)?;
+        if let Some((k, first)) = earlier {
+            let at = keys.iter().position(|x| *x == k).map_or(0, |i| numbers[i]);
+            return Err(DuplicateKey {
+                row_key: k,
+                row_number: at,
+                first_row_number: first as u64,
+            }
+            .into());
+        }
+        sqlx::query("INSERT INTO seen_keys SELECT a.value, b.value FROM json_each(?1) a JOIN json_each(?2) b ON a.key = b.key")
+            .bind(serde_json::to_string(&keys).map_err(anyhow::Error::from)?)
+            .bind(serde_json::to_string(&numbers).map_err(anyhow::Error::from)?)
+            .execute(&mut *seen)
+            .await
+            .map_err(anyhow::Error::from)?;
+
+        let recorded: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT row_key, status, row_hash FROM audit WHERE batch_id = ?1 AND row_key IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(batch_id)
+        .bind(serde_json::to_string(&keys).map_err(anyhow::Error::from)?)
+        .fetch_all(&db.pool)
+        .await
+        .map_err(anyhow::Error::from)?;
+        let recorded: std::collections::HashMap<String, (String, String)> =
+            recorded.into_iter().map(|(k, s, h)| (k, (s, h))).collect();
+        let mut planned_rows = Vec::new();
+        for (row, key) in rows.iter().zip(&keys) {
+            out.plan.rows += 1;
+            let hash = reader.columns.row_hash(row);
+            match recorded.get(key) {
+                Some((status, old)) if status == "succeeded" => {
+                    if *old != hash {
+                        out.changed_after_success += 1;
+                        notes += 1;
+                        if notes <= SHOWN {
+                            progress.println(&format!(
+                                "warning: row {} (row_id {key}) changed since it succeeded; it is not sent again",
+                                row.number
+                            ));
+                        }
+                    }
+                    continue;
+                }
+                Some((_, old)) if *old != hash => out.changed += 1,
+                Some(_) => {}
+                None => out.added += 1,
+            }
+            let (planned, warnings) = plan_row(&reader.columns, row, endpoints);
+            for w in warnings {
+                notes += 1;
+                if notes <= SHOWN {
+                    progress.println(&format!("warning: {w}"));
+                }
+            }
+            match (planned.status, planned.api) {
+                (RowStatus::Invalid, _) => {
+                    out.plan.invalid += 1;
+                    if out.plan.invalid <= SHOWN {
+                        progress.println(&format!(
+                            "invalid: {}",
+                            planned.error.as_deref().unwrap_or("")
+                        ));
+                    }
+                }
+                (_, Some(api)) => out.plan.per_api[api as usize] += 1,
+                _ => {}
+            }
+            planned_rows.push(planned);
+        }
+        audit::upsert_planned(db, batch_id, pass, &planned_rows).await?;
+        progress.planned(out.plan.rows);
+    }
+    let gone: Vec<(String,)> = sqlx::query_as(
+        "SELECT row_key FROM audit WHERE batch_id = ?1 AND pass < ?2 AND status != 'succeeded' ORDER BY row_number",
+    )
+    .bind(batch_id)
+    .bind(pass)
+    .fetch_all(&db.pool)
+    .await
+    .map_err(anyhow::Error::from)?;
+    out.gone_count = gone.len() as u64;
+    out.gone = gone
+        .into_iter()
+        .take(SHOWN as usize)
+        .map(|(k,)| k)
+        .collect();
+    sqlx::query("DROP TABLE IF EXISTS seen_keys")
+        .execute(&mut *seen)
+        .await
+        .map_err(anyhow::Error::from)?;
+    Ok(out)
+}
+
+/// For a source that cannot be read again (stdin): every row not yet
+/// succeeded is sent again as recorded.
+pub async fn carry_over(db: &Db, batch_id: &str, pass: i64) -> anyhow::Result<PlanSummary> {
+    sqlx::query("UPDATE audit SET pass = ?2 WHERE batch_id = ?1 AND status IN ('pending', 'in_flight', 'failed')")
+        .bind(batch_id)
+        .bind(pass)
+        .execute(&db.pool)
+        .await?;
+    let counts: Vec<(Option<String>, String, i64)> = sqlx::query_as(
+        "SELECT api, status, count(*) FROM audit WHERE batch_id = ?1 GROUP BY api, status",
+    )
+    .bind(batch_id)
+    .fetch_all(&db.pool)
+    .await?;
+    let mut sum = PlanSummary::default();
+    for (api, status, n) in counts {
+        sum.rows += n as u64;
+        match (status.as_str(), api.as_deref().and_then(Api::parse)) {
+            ("invalid", _) => sum.invalid += n as u64,
+            ("succeeded", _) => {}
+            (_, Some(api)) => sum.per_api[api as usize] += n as u64,
+            _ => {}
+        }
+    }
+    Ok(sum)
+}

@@ -1,8 +1,15 @@
-//! `convoy resume NAME`: continue a batch, sending every row that has not succeeded.
+//! `convoy resume NAME`: continue a batch from its recorded source, sending
+//! every row that has not succeeded, and never a row that has.
 
-use super::Global;
+use super::{Global, send_phase, usage};
+use crate::audit::Db;
+use crate::batch::{self, Endpoints, Options, PlanError};
 use crate::cli::{ExecArgs, InputArgs};
+use crate::progress::Progress;
+use crate::sandbox::Sandbox;
+use crate::source::{self, Source};
 use clap::Args;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, Args)]
@@ -17,9 +24,127 @@ pub struct ResumeArgs {
     pub exec: ExecArgs,
 }
 
-pub async fn run(_g: &Global, a: ResumeArgs) -> anyhow::Result<ExitCode> {
-    Ok(super::usage(format_args!(
-        "resume is not built yet (batch {})",
-        a.batch
-    )))
+pub async fn run(g: &Global, a: ResumeArgs) -> anyhow::Result<ExitCode> {
+    if !g.db.exists() {
+        return Ok(usage(format_args!(
+            "no audit database at {}; pass --db",
+            g.db.display()
+        )));
+    }
+    let db = Db::open(&g.db).await?;
+    let Some(rec) = batch::load(&db, &a.batch).await? else {
+        return Ok(usage(format_args!(
+            "no batch {:?} in {}; `convoy status` lists them",
+            a.batch,
+            g.db.display()
+        )));
+    };
+    if rec.status == "running" && batch::process_alive(rec.pid) {
+        return Ok(usage(format_args!(
+            "batch {} is running in process {}; wait for it, or stop it first",
+            rec.id,
+            rec.pid.unwrap_or_default()
+        )));
+    }
+    let options = match Options::resolve(&a.exec, &a.input, Some(&rec.options)) {
+        Ok(o) => o,
+        Err(e) => return Ok(usage(e)),
+    };
+    let sandbox = if options.sandbox {
+        Some(Sandbox::start_in_process().await?)
+    } else {
+        None
+    };
+    let endpoints = match &sandbox {
+        Some(s) => s.endpoints(options.attention_auth_scheme),
+        None => match Endpoints::from_env(&options) {
+            Ok(e) => e,
+            Err(e) => return Ok(usage(e)),
+        },
+    };
+    let source = match rec.source_kind.as_str() {
+        "stdin" => None,
+        "sqlite" => Some(Source::Sqlite {
+            path: PathBuf::from(&rec.source),
+            table: rec.source_table.clone().unwrap_or_else(|| "edits".into()),
+        }),
+        _ => Some(Source::Csv(PathBuf::from(&rec.source))),
+    };
+    let reader = match &source {
+        Some(s) => match source::open(s, options.default_op()).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                return Ok(usage(format_args!(
+                    "{e}; the batch was read from {s}, and is left as it was"
+                )));
+            }
+        },
+        None => None,
+    };
+
+    let pass = batch::begin_pass(&db, &rec.id, &options).await?;
+    let plan = match reader {
+        None => {
+            eprintln!(
+                "note: the batch was read from stdin, which cannot be read again; its unfinished rows are sent as recorded"
+            );
+            batch::carry_over(&db, &rec.id, pass).await?
+        }
+        Some(reader) => {
+            for w in &reader.columns.warnings {
+                eprintln!("warning: {w}");
+            }
+            let progress = Progress::planning(g.quiet);
+            let found = batch::reconcile(&db, &rec.id, pass, reader, &endpoints, &progress).await;
+            progress.finish();
+            match found {
+                Ok(r) => {
+                    if r.added > 0 {
+                        eprintln!(
+                            "note: {} row(s) new in the source since the batch began are included",
+                            r.added
+                        );
+                    }
+                    if r.changed > 0 {
+                        eprintln!(
+                            "note: {} unfinished row(s) changed in the source and were validated again",
+                            r.changed
+                        );
+                    }
+                    if r.changed_after_success > 0 {
+                        eprintln!(
+                            "warning: {} row(s) changed in the source after they succeeded; they are not sent again",
+                            r.changed_after_success
+                        );
+                    }
+                    if r.gone_count > 0 {
+                        eprintln!(
+                            "warning: {} unfinished row(s) of the batch are no longer in the source and are not sent: {}{}",
+                            r.gone_count,
+                            r.gone.join(", "),
+                            if r.gone_count > r.gone.len() as u64 {
+                                ", ..."
+                            } else {
+                                ""
+                            }
+                        );
+                    }
+                    r.plan
+                }
+                Err(PlanError::Db(e)) => return Err(e),
+                Err(e) => {
+                    batch::set_status(&db, &rec.id, "failed").await?;
+                    return Ok(usage(format_args!("{e}; nothing was sent")));
+                }
+            }
+        }
+    };
+    let b = batch::Batch {
+        db: &db,
+        id: &rec.id,
+        pass,
+        options: &options,
+        endpoints: &endpoints,
+    };
+    send_phase(g, &b, &plan, sandbox.is_some()).await
 }
