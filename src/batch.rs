@@ -563,6 +563,16 @@ pub async fn set_status(db: &Db, id: &str, status: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Adds a pass's sending time to the batch (its achieved rate is rows over this).
+pub async fn add_send_time(db: &Db, id: &str, elapsed: Duration) -> anyhow::Result<()> {
+    sqlx::query("UPDATE batches SET send_seconds = send_seconds + ?2 WHERE id = ?1")
+        .bind(id)
+        .bind(elapsed.as_secs_f64())
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
+
 /// Rows per status in a batch.
 #[derive(Debug, Default, Clone, Copy, Serialize)]
 pub struct Tally {
@@ -574,6 +584,19 @@ pub struct Tally {
     pub invalid: u64,
 }
 
+impl Tally {
+    pub fn add(&mut self, status: &str, n: u64) {
+        self.rows += n;
+        match status {
+            "pending" => self.pending += n,
+            "in_flight" => self.in_flight += n,
+            "succeeded" => self.succeeded += n,
+            "failed" => self.failed += n,
+            _ => self.invalid += n,
+        }
+    }
+}
+
 pub async fn tally(db: &Db, id: &str) -> anyhow::Result<Tally> {
     let rows: Vec<(String, i64)> =
         sqlx::query_as("SELECT status, count(*) FROM audit WHERE batch_id = ?1 GROUP BY status")
@@ -582,15 +605,7 @@ pub async fn tally(db: &Db, id: &str) -> anyhow::Result<Tally> {
             .await?;
     let mut t = Tally::default();
     for (status, n) in rows {
-        let n = n as u64;
-        t.rows += n;
-        match status.as_str() {
-            "pending" => t.pending = n,
-            "in_flight" => t.in_flight = n,
-            "succeeded" => t.succeeded = n,
-            "failed" => t.failed = n,
-            _ => t.invalid = n,
-        }
+        t.add(&status, n as u64);
     }
     Ok(t)
 }
@@ -751,9 +766,9 @@ pub async fn reconcile(
             }
             .into());
         }
-        sqlx::query("INSERT INTO seen_keys SELECT a.value, b.value FROM json_each(?1) a JOIN json_each(?2) b ON a.key = b.key")
-            .bind(serde_json::to_string(&keys).map_err(anyhow::Error::from)?)
-            .bind(serde_json::to_string(&numbers).map_err(anyhow::Error::from)?)
+        let pairs: Vec<(&String, u64)> = keys.iter().zip(numbers.iter().copied()).collect();
+        sqlx::query("INSERT INTO seen_keys SELECT value ->> 0, value ->> 1 FROM json_each(?1)")
+            .bind(serde_json::to_string(&pairs).map_err(anyhow::Error::from)?)
             .execute(&mut *seen)
             .await
             .map_err(anyhow::Error::from)?;

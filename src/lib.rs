@@ -15,6 +15,7 @@
 //! | [`pacer`] | per-API pacing: fixed rates, `Retry-After` pauses, `auto` |
 //! | [`audit`] | the audit database and its single batched writer |
 //! | [`progress`] | the progress bar and plain progress lines |
+//! | [`report`] | reading the audit back: batch list, detail, failure clusters, CSV export |
 //! | [`sandbox`] | the local simulator of both APIs |
 
 pub mod audit;
@@ -26,5 +27,6 @@ pub mod edit;
 pub mod exec;
 pub mod pacer;
 pub mod progress;
+pub mod report;
 pub mod sandbox;
 pub mod source;

@@ -1,6 +1,10 @@
-//! `convoy failures NAME`: the failed, invalid and pending rows as CSV.
+//! `convoy failures NAME`: the failed, invalid and pending rows as CSV in the
+//! source's own format plus `status`, `http_status`, `error`, ready to fix
+//! and feed back to `convoy run` (which ignores those three columns).
 
-use super::Global;
+use super::{Global, usage};
+use crate::audit::Db;
+use crate::report;
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,11 +17,59 @@ pub struct FailuresArgs {
     /// Write to this file instead of stdout.
     #[arg(long, short)]
     pub output: Option<PathBuf>,
+
+    /// Only the rows of this failure cluster (numbered by `convoy status NAME`).
+    #[arg(long)]
+    pub cluster: Option<usize>,
 }
 
-pub async fn run(_g: &Global, a: FailuresArgs) -> anyhow::Result<ExitCode> {
-    Ok(super::usage(format_args!(
-        "failures is not built yet (batch {})",
-        a.batch
-    )))
+pub async fn run(g: &Global, a: FailuresArgs) -> anyhow::Result<ExitCode> {
+    if !g.db.exists() {
+        return Ok(usage(format_args!(
+            "no audit database at {}; pass --db",
+            g.db.display()
+        )));
+    }
+    let db = Db::open(&g.db).await?;
+    if crate::batch::load(&db, &a.batch).await?.is_none() {
+        return Ok(usage(format_args!(
+            "no batch {:?} in {}; `convoy status` lists them",
+            a.batch,
+            g.db.display()
+        )));
+    }
+    let cluster = match a.cluster {
+        None => None,
+        Some(n) => {
+            let all = report::clusters(&db, &a.batch).await?;
+            match all.into_iter().find(|c| c.cluster == n) {
+                Some(c) => Some(c),
+                None => {
+                    return Ok(usage(format_args!(
+                        "batch {} has no failure cluster #{n}; `convoy status {}` lists them",
+                        a.batch, a.batch
+                    )));
+                }
+            }
+        }
+    };
+    match &a.output {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            let n = report::export_failures(
+                &db,
+                &a.batch,
+                cluster.as_ref(),
+                std::io::BufWriter::new(file),
+            )
+            .await?;
+            eprintln!("wrote {n} row(s) to {}", path.display());
+        }
+        None => {
+            report::export_failures(&db, &a.batch, cluster.as_ref(), std::io::stdout().lock())
+                .await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

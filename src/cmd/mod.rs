@@ -107,6 +107,7 @@ pub async fn send_phase(
         "failed"
     };
     batch::set_status(db, batch_id, status).await?;
+    batch::add_send_time(db, batch_id, report.elapsed).await?;
 
     let secs = report.elapsed.as_secs_f64();
     let sent = report

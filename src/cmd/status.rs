@@ -1,67 +1,229 @@
-//! `convoy status [NAME]`: all batches, newest first, or one batch in detail.
+//! `convoy status [NAME] [--json]`: every batch, newest first, one line each;
+//! or one batch in detail, failures grouped into clusters.
 
-use super::Global;
+use super::{Global, usage};
 use crate::audit::Db;
-use crate::batch;
+use crate::cli::show_duration;
+use crate::report::{self, BatchLine};
 use clap::Args;
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// One batch to show in detail.
     pub batch: Option<String>,
 
-    /// Print JSON instead of text.
+    /// Print JSON (documented in the README) instead of text.
     #[arg(long)]
     pub json: bool,
 }
 
 pub async fn run(g: &Global, a: StatusArgs) -> anyhow::Result<ExitCode> {
     if !g.db.exists() {
-        return Ok(super::usage(format_args!(
+        return Ok(usage(format_args!(
             "no audit database at {}; run a batch first, or pass --db",
             g.db.display()
         )));
     }
     let db = Db::open(&g.db).await?;
-    let batches: Vec<(String, String, String, Option<String>)> = match &a.batch {
+    match &a.batch {
+        None => {
+            let lines = report::batches(&db, None).await?;
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "batches": lines }))?
+                );
+            } else {
+                print_list(&lines);
+            }
+        }
         Some(name) => {
-            sqlx::query_as("SELECT id, status, created_at, finished_at FROM batches WHERE id = ?1")
-                .bind(name)
-                .fetch_all(&db.pool)
-                .await?
+            let Some(d) = report::detail(&db, name).await? else {
+                return Ok(usage(format_args!(
+                    "no batch {name:?} in {}; `convoy status` lists them",
+                    g.db.display()
+                )));
+            };
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&d)?);
+            } else {
+                print_detail(&d);
+            }
         }
-        None => sqlx::query_as(
-            "SELECT id, status, created_at, finished_at FROM batches ORDER BY created_at DESC, id",
-        )
-        .fetch_all(&db.pool)
-        .await?,
-    };
-    if let (Some(name), true) = (&a.batch, batches.is_empty()) {
-        return Ok(super::usage(format_args!(
-            "no batch {name:?} in {}",
-            g.db.display()
-        )));
-    }
-    let mut out = Vec::new();
-    for (id, status, created, finished) in batches {
-        let t = batch::tally(&db, &id).await?;
-        out.push(serde_json::json!({
-            "batch": id, "status": status, "created_at": created, "finished_at": finished, "counts": t,
-        }));
-        if !a.json {
-            println!(
-                "{id}  {status:<11} {created}  rows {}  succeeded {}  failed {}  invalid {}  pending {}",
-                t.rows,
-                t.succeeded,
-                t.failed,
-                t.invalid,
-                t.pending + t.in_flight
-            );
-        }
-    }
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn status_word(l: &BatchLine) -> String {
+    if l.stale {
+        "running?".into()
+    } else {
+        l.status.clone()
+    }
+}
+
+fn print_list(lines: &[BatchLine]) {
+    if lines.is_empty() {
+        println!("no batches yet");
+        return;
+    }
+    let header = [
+        "BATCH",
+        "STATUS",
+        "STARTED",
+        "DURATION",
+        "ROWS",
+        "SUCCEEDED",
+        "FAILED",
+        "INVALID",
+        "PENDING",
+        "RATE",
+    ];
+    let rows: Vec<[String; 10]> = lines
+        .iter()
+        .map(|l| {
+            [
+                l.batch.clone(),
+                status_word(l),
+                l.created_at.replace('T', " ").chars().take(19).collect(),
+                show_duration(Duration::from_secs_f64(l.duration_seconds)),
+                l.counts.rows.to_string(),
+                l.counts.succeeded.to_string(),
+                l.counts.failed.to_string(),
+                l.counts.invalid.to_string(),
+                (l.counts.pending + l.counts.in_flight).to_string(),
+                format!("{:.1}/s", l.rate_per_second),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(i, (c, w))| {
+                if i >= 4 {
+                    format!("{c:>w$}")
+                } else {
+                    format!("{c:<w$}")
+                }
+            })
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(&header.map(String::from));
+    for r in &rows {
+        line(r);
+    }
+    if lines.iter().any(|l| l.stale) {
+        println!(
+            "running? = recorded as running but its process is gone (a crash): `convoy resume NAME` finishes it"
+        );
+    }
+}
+
+fn print_detail(d: &report::Detail) {
+    let l = &d.line;
+    let c = &l.counts;
+    println!("batch {} ({})", l.batch, status_word(l));
+    println!("  source     {}", d.source);
+    println!(
+        "  started    {}{}",
+        l.created_at,
+        l.finished_at
+            .as_deref()
+            .map(|f| format!(", finished {f}"))
+            .unwrap_or_default()
+    );
+    println!(
+        "  duration   {}, of which sending {} over {} pass(es)",
+        show_duration(Duration::from_secs_f64(l.duration_seconds)),
+        show_duration(Duration::from_secs_f64(l.send_seconds)),
+        d.passes
+    );
+    println!(
+        "  rows       {}: {} succeeded, {} failed, {} invalid, {} pending{}",
+        c.rows,
+        c.succeeded,
+        c.failed,
+        c.invalid,
+        c.pending,
+        if c.in_flight > 0 {
+            format!(", {} in flight (outcome unknown)", c.in_flight)
+        } else {
+            String::new()
+        }
+    );
+    println!("  rate       {:.1} rows/s while sending", l.rate_per_second);
+    println!("  by op");
+    for o in &d.by_op {
+        let c = &o.counts;
+        println!(
+            "    {:<22} {:>7} rows: {} succeeded, {} failed, {} invalid, {} pending",
+            o.op.as_deref().unwrap_or("(unknown op)"),
+            c.rows,
+            c.succeeded,
+            c.failed,
+            c.invalid,
+            c.pending + c.in_flight
+        );
+    }
+    let a = &d.attempts;
+    let by_status: Vec<String> = a
+        .by_status
+        .iter()
+        .map(|(s, n)| format!("{s} x{n}"))
+        .collect();
+    let by_api: Vec<String> = a.by_api.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    println!(
+        "  attempts   {} ({} retries){}{}",
+        a.total,
+        a.retries,
+        if by_status.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", by_status.join(", "))
+        },
+        if by_api.is_empty() {
+            String::new()
+        } else {
+            format!("; by API: {}", by_api.join(", "))
+        }
+    );
+    if d.clusters.is_empty() {
+        println!("  failures   none");
+    } else {
+        println!(
+            "  failures   largest first; `convoy failures {} --cluster N` exports one",
+            l.batch
+        );
+        for k in &d.clusters {
+            println!(
+                "    #{:<3} {:>6} x {} {}{}: {}",
+                k.cluster,
+                k.count,
+                k.status,
+                k.api.as_deref().unwrap_or(""),
+                k.http_status
+                    .map(|s| format!(" HTTP {s}"))
+                    .unwrap_or_default(),
+                k.error
+            );
+            println!("           e.g. row {}: {}", k.example_row, k.example_error);
+        }
+    }
+    for r in &d.learned_rates {
+        println!(
+            "  learned    {} {:.1}/s at {} ({})",
+            r.api, r.rate_per_sec, r.base_url, r.updated_at
+        );
+    }
 }

@@ -1,0 +1,426 @@
+//! Reading the audit database back for people and scripts: the batch list,
+//! one batch in detail with its failures grouped into clusters, and the
+//! failed rows exported as CSV in the source's own format.
+
+use crate::audit::Db;
+use crate::batch::{Tally, process_alive};
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// One batch in the list.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchLine {
+    pub batch: String,
+    /// `running`, `completed`, `failed` or `interrupted`.
+    pub status: String,
+    /// True when `running` but its process is gone: resumable.
+    pub stale: bool,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+    /// From creation to the end of its last pass (or now, while running).
+    pub duration_seconds: f64,
+    /// Time spent sending, over all passes.
+    pub send_seconds: f64,
+    /// Rows that reached an answer (succeeded or failed) per second of sending.
+    pub rate_per_second: f64,
+    pub counts: Tally,
+}
+
+/// Every batch, newest first (one query over the status index).
+pub async fn batches(db: &Db, only: Option<&str>) -> anyhow::Result<Vec<BatchLine>> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        id: String,
+        status: String,
+        created_at: String,
+        finished_at: Option<String>,
+        send_seconds: f64,
+        pid: Option<i64>,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT id, status, created_at, finished_at, send_seconds, pid FROM batches \
+         WHERE ?1 IS NULL OR id = ?1 ORDER BY created_at DESC, id",
+    )
+    .bind(only)
+    .fetch_all(&db.pool)
+    .await?;
+    let counts: Vec<(String, String, i64)> = match only {
+        Some(id) => {
+            sqlx::query_as("SELECT batch_id, status, count(*) FROM audit WHERE batch_id = ?1 GROUP BY batch_id, status")
+                .bind(id)
+                .fetch_all(&db.pool)
+                .await?
+        }
+        None => {
+            sqlx::query_as("SELECT batch_id, status, count(*) FROM audit GROUP BY batch_id, status")
+                .fetch_all(&db.pool)
+                .await?
+        }
+    };
+    let mut tallies: HashMap<String, Tally> = HashMap::new();
+    for (batch, status, n) in counts {
+        tallies.entry(batch).or_default().add(&status, n as u64);
+    }
+    let now = chrono::Utc::now();
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let counts = tallies.remove(&r.id).unwrap_or_default();
+            let start = parse_time(&r.created_at);
+            let end = r
+                .finished_at
+                .as_deref()
+                .map(parse_time)
+                .unwrap_or(Some(now));
+            let duration_seconds = match (start, end) {
+                (Some(s), Some(e)) => ((e - s).num_milliseconds() as f64 / 1000.0).max(0.0),
+                _ => 0.0,
+            };
+            let answered = (counts.succeeded + counts.failed) as f64;
+            BatchLine {
+                stale: r.status == "running" && !process_alive(r.pid),
+                rate_per_second: if r.send_seconds > 0.0 {
+                    answered / r.send_seconds
+                } else {
+                    0.0
+                },
+                batch: r.id,
+                status: r.status,
+                created_at: r.created_at,
+                finished_at: r.finished_at,
+                duration_seconds,
+                send_seconds: r.send_seconds,
+                counts,
+            }
+        })
+        .collect())
+}
+
+fn parse_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+/// Rows of one batch by API and op.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpLine {
+    pub api: Option<String>,
+    pub op: Option<String>,
+    pub counts: Tally,
+}
+
+/// HTTP attempts of one batch.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Attempts {
+    pub total: u64,
+    /// Attempts beyond each row's first.
+    pub retries: u64,
+    /// Attempts per answer: an HTTP status, or `none` (timeout, connection error).
+    pub by_status: Vec<(String, u64)>,
+    pub by_api: Vec<(String, u64)>,
+}
+
+/// Failed and invalid rows that share an API, HTTP status and error (ids and numbers masked).
+#[derive(Debug, Clone, Serialize)]
+pub struct Cluster {
+    /// 1-based, largest first: what `convoy failures --cluster N` takes.
+    pub cluster: usize,
+    pub count: u64,
+    pub status: String,
+    pub api: Option<String>,
+    pub http_status: Option<i64>,
+    pub error: String,
+    pub example_row: String,
+    pub example_error: String,
+}
+
+/// One batch in detail.
+#[derive(Debug, Clone, Serialize)]
+pub struct Detail {
+    #[serde(flatten)]
+    pub line: BatchLine,
+    pub source: String,
+    pub passes: i64,
+    pub by_op: Vec<OpLine>,
+    pub attempts: Attempts,
+    pub clusters: Vec<Cluster>,
+    /// The pace `auto` learned, per API and base URL.
+    pub learned_rates: Vec<LearnedRate>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct LearnedRate {
+    pub api: String,
+    pub base_url: String,
+    pub rate_per_sec: f64,
+    pub updated_at: String,
+}
+
+pub async fn learned_rates(db: &Db) -> anyhow::Result<Vec<LearnedRate>> {
+    Ok(sqlx::query_as(
+        "SELECT api, base_url, rate_per_sec, updated_at FROM learned_rates ORDER BY api, base_url",
+    )
+    .fetch_all(&db.pool)
+    .await?)
+}
+
+pub async fn detail(db: &Db, id: &str) -> anyhow::Result<Option<Detail>> {
+    let Some(line) = batches(db, Some(id)).await?.pop() else {
+        return Ok(None);
+    };
+    let (source, passes): (String, i64) = sqlx::query_as(
+        "SELECT source || CASE WHEN source_table IS NULL THEN '' ELSE ' (table ' || source_table || ')' END, passes \
+         FROM batches WHERE id = ?1",
+    )
+    .bind(id)
+    .fetch_one(&db.pool)
+    .await?;
+    let ops: Vec<(Option<String>, Option<String>, String, i64)> = sqlx::query_as(
+        "SELECT api, op, status, count(*) FROM audit WHERE batch_id = ?1 GROUP BY api, op, status ORDER BY api, op",
+    )
+    .bind(id)
+    .fetch_all(&db.pool)
+    .await?;
+    let mut by_op: Vec<OpLine> = Vec::new();
+    for (api, op, status, n) in ops {
+        match by_op.last_mut() {
+            Some(l) if l.api == api && l.op == op => l.counts.add(&status, n as u64),
+            _ => {
+                let mut counts = Tally::default();
+                counts.add(&status, n as u64);
+                by_op.push(OpLine { api, op, counts });
+            }
+        }
+    }
+    let by_status: Vec<(Option<i64>, i64)> = sqlx::query_as(
+        "SELECT http_status, count(*) FROM attempts WHERE batch_id = ?1 GROUP BY http_status ORDER BY count(*) DESC",
+    )
+    .bind(id)
+    .fetch_all(&db.pool)
+    .await?;
+    let by_api: Vec<(Option<String>, i64)> = sqlx::query_as(
+        "SELECT a.api, count(*) FROM attempts t JOIN audit a ON a.batch_id = t.batch_id AND a.row_key = t.row_key \
+         WHERE t.batch_id = ?1 GROUP BY a.api ORDER BY a.api",
+    )
+    .bind(id)
+    .fetch_all(&db.pool)
+    .await?;
+    let (rows_tried,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM audit WHERE batch_id = ?1 AND attempts > 0")
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await?;
+    let total: u64 = by_status.iter().map(|(_, n)| *n as u64).sum();
+    let attempts = Attempts {
+        total,
+        retries: total.saturating_sub(rows_tried as u64),
+        by_status: by_status
+            .into_iter()
+            .map(|(s, n)| (s.map_or("none".to_owned(), |s| s.to_string()), n as u64))
+            .collect(),
+        by_api: by_api
+            .into_iter()
+            .map(|(a, n)| (a.unwrap_or_default(), n as u64))
+            .collect(),
+    };
+    Ok(Some(Detail {
+        line,
+        source,
+        passes,
+        by_op,
+        attempts,
+        clusters: clusters(db, id).await?,
+        learned_rates: learned_rates(db).await?,
+    }))
+}
+
+/// A row that has not succeeded, as the reports read it.
+#[derive(sqlx::FromRow)]
+struct Unfinished {
+    row_key: String,
+    status: String,
+    api: Option<String>,
+    http_status: Option<i64>,
+    error: Option<String>,
+    source_row: Option<String>,
+}
+
+/// The batch's rows with one of `statuses`, in source order.
+async fn unfinished(db: &Db, id: &str, statuses: &'static str) -> anyhow::Result<Vec<Unfinished>> {
+    let sql = format!(
+        "SELECT row_key, status, api, http_status, error, source_row FROM audit \
+         WHERE batch_id = ?1 AND status IN {statuses} ORDER BY row_number"
+    );
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_all(&db.pool)
+        .await?)
+}
+
+/// The batch's failed and invalid rows, grouped; largest first.
+pub async fn clusters(db: &Db, id: &str) -> anyhow::Result<Vec<Cluster>> {
+    let rows = unfinished(db, id, "('failed', 'invalid')").await?;
+    let mut groups: Vec<Cluster> = Vec::new();
+    let mut index: HashMap<(String, Option<String>, Option<i64>, String), usize> = HashMap::new();
+    for Unfinished {
+        row_key,
+        status,
+        api,
+        http_status,
+        error,
+        ..
+    } in rows
+    {
+        let error = error.unwrap_or_default();
+        let masked = mask(&error);
+        let key = (status.clone(), api.clone(), http_status, masked.clone());
+        match index.get(&key) {
+            Some(i) => groups[*i].count += 1,
+            None => {
+                index.insert(key, groups.len());
+                groups.push(Cluster {
+                    cluster: 0,
+                    count: 1,
+                    status,
+                    api,
+                    http_status,
+                    error: masked,
+                    example_row: row_key,
+                    example_error: error,
+                });
+            }
+        }
+    }
+    groups.sort_by_key(|g| std::cmp::Reverse(g.count));
+    for (i, g) in groups.iter_mut().enumerate() {
+        g.cluster = i + 1;
+    }
+    Ok(groups)
+}
+
+/// An error with its particulars masked, so that like errors group together:
+/// quoted text becomes `"…"`, any word with a digit in it becomes `#`.
+pub fn mask(error: &str) -> String {
+    let mut out = String::with_capacity(error.len());
+    let mut chars = error.chars().peekable();
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if word.chars().any(|c| c.is_ascii_digit()) {
+            out.push('#');
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    while let Some(c) = chars.next() {
+        if c == '"' {
+            flush(&mut word, &mut out);
+            out.push_str("\"…\"");
+            let mut escaped = false;
+            for d in chars.by_ref() {
+                if d == '"' && !escaped {
+                    break;
+                }
+                escaped = d == '\\' && !escaped;
+            }
+        } else if c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':') {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
+/// Writes the batch's failed, invalid and not-yet-sent rows (all of one
+/// cluster with `cluster`) as CSV: the source's columns as it had them, then
+/// `status`, `http_status`, `error`. Returns the number of rows written.
+pub async fn export_failures(
+    db: &Db,
+    id: &str,
+    cluster: Option<&Cluster>,
+    out: impl std::io::Write,
+) -> anyhow::Result<u64> {
+    let (columns,): (String,) = sqlx::query_as("SELECT columns FROM batches WHERE id = ?1")
+        .bind(id)
+        .fetch_one(&db.pool)
+        .await?;
+    let columns: Vec<String> = serde_json::from_str(&columns)?;
+    let columns: Vec<String> = columns
+        .into_iter()
+        .filter(|c| !matches!(c.as_str(), "status" | "http_status" | "error"))
+        .collect();
+    let mut w = csv::Writer::from_writer(out);
+    let mut header = columns.clone();
+    header.extend(["status", "http_status", "error"].map(String::from));
+    w.write_record(&header)?;
+    let statuses = match cluster {
+        Some(_) => "('failed', 'invalid')",
+        None => "('failed', 'invalid', 'pending', 'in_flight')",
+    };
+    let rows = unfinished(db, id, statuses).await?;
+    let mut n = 0;
+    for Unfinished {
+        status,
+        api,
+        http_status,
+        error,
+        source_row,
+        ..
+    } in rows
+    {
+        if let Some(c) = cluster
+            && (c.status != status
+                || c.api != api
+                || c.http_status != http_status
+                || c.error != mask(error.as_deref().unwrap_or("")))
+        {
+            continue;
+        }
+        let cells: serde_json::Map<String, serde_json::Value> = source_row
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default();
+        let mut record: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                cells
+                    .get(c)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+                    .to_owned()
+            })
+            .collect();
+        record.push(status);
+        record.push(http_status.map(|s| s.to_string()).unwrap_or_default());
+        record.push(error.unwrap_or_default());
+        w.write_record(&record)?;
+        n += 1;
+    }
+    w.flush()?;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mask;
+
+    #[test]
+    fn masking_groups_like_errors() {
+        assert_eq!(
+            mask("HTTP 404 Not Found: conversation \"missing-1\" not found"),
+            mask("HTTP 404 Not Found: conversation \"missing-77\" not found")
+        );
+        assert_eq!(
+            mask("row 3 (row_id n-003), column skip_analysis: \"maybe\" is not a boolean"),
+            "row # (row_id #), column skip_analysis: \"…\" is not a boolean"
+        );
+        assert_ne!(
+            mask("timed out after 30s"),
+            mask("connection failed: refused")
+        );
+    }
+}

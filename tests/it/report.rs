@@ -1,0 +1,258 @@
+//! Reports: `status` (list, detail, `--json`), `failures` (export and
+//! round trip), and every query the README documents, run for real.
+
+use crate::common::*;
+use convoy::sandbox::Scripted;
+use serde_json::Value;
+
+const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
+
+/// A database made by real runs: the clean night (with a few retries), then the messy one.
+async fn nights(w: &Work) -> convoy::sandbox::Sandbox {
+    let sb = plain_sandbox().await;
+    sb.script(
+        "6f1c2a9e-0b1d-4e51-9a57-3c2f8d7e1a01",
+        [
+            Scripted::Status {
+                status: 503,
+                retry_after: None,
+                body: None,
+            },
+            Scripted::Status {
+                status: 429,
+                retry_after: Some("0".into()),
+                body: None,
+            },
+        ],
+    );
+    w.run(
+        Some(&sb),
+        &[
+            "run",
+            &format!("{MANIFEST}/samples/nightly.csv"),
+            "--batch",
+            "night-1",
+        ],
+    )
+    .await
+    .expect(0);
+    w.run(
+        Some(&sb),
+        &[
+            "run",
+            &format!("{MANIFEST}/samples/messy.csv"),
+            "--batch",
+            "night-2",
+        ],
+    )
+    .await
+    .expect(1);
+    sb
+}
+
+/// The SQL blocks of the README's "Querying the audit database" section.
+fn readme_queries() -> Vec<String> {
+    let readme = std::fs::read_to_string(format!("{MANIFEST}/README.md")).unwrap();
+    let start = readme
+        .find("## Querying the audit database")
+        .expect("the README has the section");
+    let end = readme[start + 3..]
+        .find("\n## ")
+        .map_or(readme.len(), |i| start + 3 + i);
+    readme[start..end]
+        .split("```sql\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap().trim().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_query_in_the_readme_runs_and_answers() {
+    let w = Work::new();
+    let _sb = nights(&w).await;
+    let queries = readme_queries();
+    assert!(
+        queries.len() >= 6,
+        "the README documents {} queries",
+        queries.len()
+    );
+    let db = w.db().await;
+    for q in queries {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(q.clone()))
+            .fetch_all(&db)
+            .await
+            .unwrap_or_else(|e| panic!("README query fails: {e}\n{q}"));
+        assert!(
+            !rows.is_empty(),
+            "README query returns nothing on real runs:\n{q}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_json_counts_match_the_audit_table() {
+    let w = Work::new();
+    let _sb = nights(&w).await;
+    let out = w.run(None, &["status", "--json"]).await;
+    out.expect(0);
+    let v: Value = serde_json::from_str(&out.stdout()).unwrap();
+    let batches = v["batches"].as_array().unwrap();
+    assert_eq!(batches.len(), 2);
+    assert_eq!(batches[0]["batch"], "night-2", "newest first");
+    let db = w.db().await;
+    for b in batches {
+        let id = b["batch"].as_str().unwrap();
+        for status in ["succeeded", "failed", "invalid", "pending"] {
+            let (n,): (i64,) =
+                sqlx::query_as("SELECT count(*) FROM audit WHERE batch_id = ?1 AND status = ?2")
+                    .bind(id)
+                    .bind(status)
+                    .fetch_one(&db)
+                    .await
+                    .unwrap();
+            assert_eq!(b["counts"][status].as_i64(), Some(n), "{id} {status}");
+        }
+        assert!(b["rate_per_second"].as_f64().unwrap() > 0.0);
+    }
+
+    let out = w.run(None, &["status", "night-1", "--json"]).await;
+    out.expect(0);
+    let d: Value = serde_json::from_str(&out.stdout()).unwrap();
+    let (attempts,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM attempts WHERE batch_id = 'night-1'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(d["attempts"]["total"].as_i64(), Some(attempts));
+    assert_eq!(d["attempts"]["retries"].as_i64(), Some(2));
+    assert_eq!(d["counts"]["rows"].as_i64(), Some(18));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_groups_failures_into_clusters_largest_first() {
+    let sb = plain_sandbox().await;
+    let w = Work::new();
+    let mut rows: Vec<String> = (0..5)
+        .map(|i| format!("attention.archive,missing-{i},"))
+        .collect();
+    rows.extend((0..3).map(|i| format!("attention.set_labels,c{i},{{bad")));
+    rows.push("attention.archive,ok-1,".into());
+    let src = w.write("f.csv", &csv("op,conversation_id,labels", &rows));
+    w.run(Some(&sb), &["run", src.to_str().unwrap(), "--batch", "f"])
+        .await
+        .expect(1);
+    let out = w.run(None, &["status", "f", "--json"]).await;
+    let d: Value = serde_json::from_str(&out.stdout()).unwrap();
+    let clusters = d["clusters"].as_array().unwrap();
+    assert_eq!(clusters.len(), 2, "{clusters:#?}");
+    assert_eq!(
+        (
+            clusters[0]["count"].as_i64(),
+            clusters[0]["http_status"].as_i64()
+        ),
+        (Some(5), Some(404))
+    );
+    assert_eq!(
+        (
+            clusters[1]["count"].as_i64(),
+            clusters[1]["status"].as_str()
+        ),
+        (Some(3), Some("invalid"))
+    );
+    let text = w.run(None, &["status", "f"]).await;
+    text.expect(0);
+    assert!(
+        text.stdout().contains("#1") && text.stdout().contains("e.g. row 1"),
+        "{}",
+        text.stdout()
+    );
+
+    // --cluster exports that cluster only.
+    let out = w.run(None, &["failures", "f", "--cluster", "2"]).await;
+    out.expect(0);
+    let lines: Vec<String> = out.stdout().lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(lines[1..].iter().all(|l| l.contains("invalid")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_round_trip_runs_exactly_those_rows_again() {
+    let sb = plain_sandbox().await;
+    sb.script(
+        "c-flaky",
+        [Scripted::Status {
+            status: 503,
+            retry_after: None,
+            body: None,
+        }],
+    );
+    let w = Work::new();
+    let src = w.write(
+        "n.csv",
+        "row_id,op,conversation_id,title,label.stage\n\
+         a,attention.update,c-ok,Fine,\n\
+         b,attention.update,c-flaky,Flaky,\n\
+         c,attention.update,c-bad,,\n\
+         d,attention.set_labels,c-typo,,won\n\
+         e,attention.archive,c-ok2,,\n",
+    );
+    w.run(
+        Some(&sb),
+        &[
+            "run",
+            src.to_str().unwrap(),
+            "--batch",
+            "n",
+            "--max-attempts",
+            "1",
+        ],
+    )
+    .await
+    .expect(1);
+    let fix = w.path("fix.csv");
+    w.run(None, &["failures", "n", "--output", fix.to_str().unwrap()])
+        .await
+        .expect(0);
+    let exported = std::fs::read_to_string(&fix).unwrap();
+    let mut lines = exported.lines();
+    assert_eq!(
+        lines.next(),
+        Some("row_id,op,conversation_id,title,label.stage,status,http_status,error")
+    );
+    let rest: Vec<&str> = lines.collect();
+    assert_eq!(rest.len(), 2, "{exported}");
+    assert!(
+        rest[0].starts_with("b,attention.update,c-flaky,Flaky,,failed,503,"),
+        "{}",
+        rest[0]
+    );
+    assert!(
+        rest[1].starts_with("c,attention.update,c-bad,,,invalid,,"),
+        "{}",
+        rest[1]
+    );
+
+    // Fix the invalid row in the exported file and feed it back.
+    std::fs::write(
+        &fix,
+        exported.replace(
+            "c,attention.update,c-bad,,",
+            "c,attention.update,c-bad,Now titled,",
+        ),
+    )
+    .unwrap();
+    let before = sb.requests().len();
+    w.run(
+        Some(&sb),
+        &["run", fix.to_str().unwrap(), "--batch", "n-fix"],
+    )
+    .await
+    .expect(0);
+    let again: Vec<String> = sb.requests()[before..]
+        .iter()
+        .map(|r| r.segments[2].clone())
+        .collect();
+    let mut again = again;
+    again.sort();
+    assert_eq!(again, ["c-bad", "c-flaky"]);
+}
