@@ -75,96 +75,241 @@ impl fmt::Display for RateSpec {
 
 /// The slowest `auto` ever goes, in calls per second.
 const AUTO_FLOOR: f64 = 0.5;
+/// How long a rate must run without a 429 to count as good.
+const HELD: Duration = Duration::from_secs(5);
+/// The most often the rate steps up.
+const STEP: Duration = Duration::from_secs(1);
+/// Slow start doubles the rate this often until the first overshoot.
+const SLOW_START_STEP: Duration = Duration::from_millis(250);
+/// In steady state, how long to trust the rate that drew a 429 before
+/// probing above it again: rarely, since each probe costs a 429 (and its
+/// `Retry-After` pause).
+const PROBE_RARELY: Duration = Duration::from_secs(60);
+/// After the API's limit dropped, how often to probe back toward the old rate.
+const PROBE_OFTEN: Duration = Duration::from_secs(4);
 
-/// The `auto` controller: pure logic on explicit instants, so it is tested without clocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// No 429 yet: not paced at all.
+    Unpaced,
+    /// Doubling from what the API first accepted, until it answers 429.
+    SlowStart,
+    /// Holding just under the lowest rate that drew a 429, climbing carefully.
+    Steady,
+}
+
+/// The `auto` controller: pure logic on explicit instants, so it is tested
+/// without clocks. It holds close to the highest rate that drew no 429:
+///
+/// - unpaced until the first 429; then slow start from what the API
+///   accepted, doubling every 250 ms;
+/// - the first overshoot falls back to the last good rate, then climbs by
+///   3% a second until a 429 pins the limit; it then holds at 97% of the
+///   rate that drew it, and probes above only once a minute;
+/// - a 429 at a rate that used to hold means the limit dropped: halve, find
+///   the new limit with large steps, and probe back toward the old rate
+///   every few seconds so a recovered limit is followed quickly.
 #[derive(Debug)]
 pub struct Auto {
     ceiling: Option<f64>,
-    /// `None`: not paced (no 429 seen yet and nothing remembered).
-    rate: Option<f64>,
-    /// The rate at which the API last answered 429.
-    limit_seen: Option<f64>,
+    phase: Phase,
+    rate: f64,
+    /// The highest rate that ran [`HELD`] without a 429.
+    good: Option<f64>,
+    /// The lowest rate that drew a 429 (weak when it came from a slow-start doubling).
+    bad: Option<(f64, bool)>,
+    /// The good rate from before the limit dropped: where to return to.
+    before_drop: Option<f64>,
+    /// The rate before the last step up: where a failed step falls back to.
+    prev: Option<f64>,
+    /// Whether that step was a small one (3%).
+    small_step: bool,
+    /// The 429 episode before the last.
+    last_episode: Option<Instant>,
+    /// When probing above `bad` is due.
+    probe_at: Option<Instant>,
+    /// Since when the current rate has run without a 429.
+    since: Instant,
+    last_step: Instant,
     last_cut: Option<Instant>,
-    last_raise: Instant,
-    /// Successes per 100 ms, for the last second.
-    buckets: [u32; 10],
-    bucket_at: Instant,
+    /// Successes while unpaced: the first estimate of the limit.
+    accepted: u32,
 }
 
 impl Auto {
+    /// `remembered`: the good rate an earlier run learned; the run starts there and holds.
     pub fn new(ceiling: Option<f64>, remembered: Option<f64>, now: Instant) -> Auto {
-        Auto {
+        let mut a = Auto {
             ceiling,
-            rate: remembered.map(|r| clamp(r, ceiling)),
-            limit_seen: None,
+            phase: Phase::Unpaced,
+            rate: 0.0,
+            good: None,
+            bad: None,
+            before_drop: None,
+            prev: None,
+            small_step: false,
+            last_episode: None,
+            probe_at: None,
+            since: now,
+            last_step: now,
             last_cut: None,
-            last_raise: now,
-            buckets: [0; 10],
-            bucket_at: now,
+            accepted: 0,
+        };
+        if let Some(r) = remembered {
+            a.phase = Phase::Steady;
+            a.rate = clamp(r, ceiling);
+            a.good = Some(a.rate);
+            a.probe_at = Some(now + PROBE_RARELY);
         }
+        a
     }
 
+    /// The pace in calls per second; `None` while unpaced (and no ceiling).
     pub fn rate(&self) -> Option<f64> {
-        self.rate.or(self.ceiling)
-    }
-
-    fn roll(&mut self, now: Instant) {
-        let steps = (now.saturating_duration_since(self.bucket_at).as_millis() / 100) as usize;
-        if steps > 0 {
-            let n = steps.min(10);
-            self.buckets.rotate_left(n);
-            self.buckets[10 - n..].fill(0);
-            self.bucket_at += Duration::from_millis(100 * steps as u64);
+        match self.phase {
+            Phase::Unpaced => self.ceiling,
+            _ => Some(self.rate),
         }
     }
 
-    /// Calls the API accepted in the last second.
-    fn accepted(&mut self, now: Instant) -> f64 {
-        self.roll(now);
-        f64::from(self.buckets.iter().sum::<u32>())
+    /// The rate worth starting the next run at: the highest that held.
+    pub fn learned(&self) -> Option<f64> {
+        self.good
     }
 
     pub fn on_success(&mut self, now: Instant) {
-        self.roll(now);
-        self.buckets[9] += 1;
-        let Some(rate) = self.rate else { return };
-        // Probe upward once a second: briskly while well under the rate that
-        // drew a 429, then by a hair, so 429s stay rare.
-        if now.saturating_duration_since(self.last_raise) >= Duration::from_secs(1)
-            && self
-                .last_cut
-                .is_none_or(|c| now.saturating_duration_since(c) >= Duration::from_secs(2))
-        {
-            self.last_raise = now;
-            let step = match self.limit_seen {
-                Some(limit) if rate >= 0.9 * limit => rate * 0.004,
-                Some(_) => rate * 0.03,
-                None => rate * 0.10,
-            };
-            self.rate = Some(clamp(rate + step.max(0.05), self.ceiling));
+        match self.phase {
+            Phase::Unpaced => self.accepted = self.accepted.saturating_add(1),
+            Phase::SlowStart => {
+                if now.saturating_duration_since(self.last_step) >= SLOW_START_STEP {
+                    self.good = Some(self.rate);
+                    self.set(self.rate * 2.0, now);
+                }
+            }
+            Phase::Steady => self.climb(now),
         }
     }
 
+    fn set(&mut self, rate: f64, now: Instant) {
+        self.rate = clamp(rate, self.ceiling);
+        self.last_step = now;
+        self.since = now;
+    }
+
+    fn climb(&mut self, now: Instant) {
+        let r = self.rate;
+        if now.saturating_duration_since(self.since) >= HELD && self.good.is_none_or(|g| g < r) {
+            self.good = Some(r);
+            if self.bad.is_some_and(|(b, _)| b <= r) {
+                self.bad = None;
+            }
+        }
+        if self.before_drop.is_some_and(|d| r >= d * 0.97) {
+            // Back where we were before the limit dropped.
+            self.before_drop = None;
+            self.probe_at = Some(now + PROBE_RARELY);
+        }
+        if now.saturating_duration_since(self.last_step) < STEP {
+            return;
+        }
+        let due = self.probe_at.is_none_or(|p| now >= p);
+        let under_bad = |t: f64| match self.bad {
+            Some((b, _)) if !due => t.min(b * 0.97),
+            _ => t,
+        };
+        // Where to head, and whether what is known allows large steps.
+        let (target, large) = match (self.before_drop, self.bad) {
+            (Some(d), _) => (under_bad(d), true),
+            (None, Some((b, weak))) if !due => (b * 0.97, !weak),
+            (None, _) if due => (f64::INFINITY, false),
+            _ => (r, false),
+        };
+        // Small steps only from a rate that has held: a bucket's slack can
+        // hide a small excess for seconds.
+        let held = now.saturating_duration_since(self.since) >= HELD;
+        if target <= r * 1.0001 || (!large && !held) {
+            return;
+        }
+        let step = if large {
+            ((target - r) * 0.5).max(r * 0.03)
+        } else {
+            r * 0.03
+        };
+        self.prev = Some(r);
+        self.small_step = !large;
+        self.set((r + step.max(0.05)).min(target), now);
+    }
+
     pub fn on_429(&mut self, now: Instant) {
-        // One cut per episode: the 429s that answer calls already on the wire don't cut again.
+        // One cut per episode: 429s answering calls already on the wire don't cut again.
         if self
             .last_cut
-            .is_some_and(|c| now.saturating_duration_since(c) < Duration::from_millis(1000))
+            .is_some_and(|c| now.saturating_duration_since(c) < Duration::from_millis(500))
         {
             return;
         }
-        let accepted = self.accepted(now);
-        let current = self.rate.unwrap_or(f64::INFINITY);
-        self.limit_seen = Some(current.min(accepted.max(AUTO_FLOOR) * 1.05));
-        let next = if self.rate.is_none() || accepted < current {
-            // What the API really accepted is the best guess of its limit.
-            (accepted * 0.95).min(current * 0.9)
-        } else {
-            current * 0.9
-        };
-        self.rate = Some(clamp(next, self.ceiling));
+        self.last_episode = self.last_cut;
         self.last_cut = Some(now);
-        self.last_raise = now;
+        let r = self.rate;
+        match self.phase {
+            Phase::Unpaced => {
+                self.phase = Phase::SlowStart;
+                self.set(f64::from(self.accepted.max(1)), now);
+            }
+            Phase::SlowStart => {
+                self.phase = Phase::Steady;
+                self.bad = Some((r, true));
+                let back = self.good.unwrap_or(r / 2.0);
+                self.set(back, now);
+                self.probe_at = Some(now + PROBE_RARELY);
+            }
+            Phase::Steady if self.good.is_some_and(|g| r <= g * 1.001) => {
+                // A rate that had held drew a 429: the limit dropped (or the
+                // rate was over it all along, hidden by the API's slack).
+                self.before_drop = self
+                    .before_drop
+                    .into_iter()
+                    .chain(self.good)
+                    .reduce(f64::max);
+                self.good = None;
+                self.bad = Some((r, false));
+                self.prev = None;
+                self.set(r * 0.85, now);
+                self.probe_at = Some(now + PROBE_OFTEN);
+            }
+            Phase::Steady => {
+                let quick = now.saturating_duration_since(self.since) < HELD;
+                let bound = match self.prev {
+                    // A 429 right after a small step: the level before it was
+                    // already over the limit, its excess hidden by the slack.
+                    Some(p) if quick && self.small_step => p,
+                    _ => r,
+                };
+                self.bad = Some((bound, false));
+                // Two 429 episodes close together: the limit fell a long way.
+                let fell = self
+                    .last_episode
+                    .is_some_and(|e| now.saturating_duration_since(e) < Duration::from_secs(3));
+                let back = if fell {
+                    r * 0.5
+                } else {
+                    self.prev
+                        .or(self.good)
+                        .filter(|b| *b < r)
+                        .unwrap_or(r * 0.85)
+                        .min(bound * 0.97)
+                };
+                self.prev = None;
+                self.good = self.good.map(|g| g.min(back));
+                self.set(back, now);
+                let wait = if self.before_drop.is_some() {
+                    PROBE_OFTEN
+                } else {
+                    PROBE_RARELY
+                };
+                self.probe_at = Some(now + wait);
+            }
+        }
     }
 }
 
@@ -179,6 +324,8 @@ struct State {
     paused_until: Option<Instant>,
     fixed: Option<f64>,
     auto: Option<Auto>,
+    /// `auto` remembers what it learned; `0` (unlimited) reacts to 429s the same way but forgets.
+    remember: bool,
 }
 
 /// A fixed rate is paced this much under its limit: the slack (10 ms in any
@@ -206,10 +353,10 @@ impl Pacer {
     /// `remembered`: the rate `auto` learned on an earlier run, if any.
     pub fn new(spec: RateSpec, remembered: Option<f64>) -> Pacer {
         let now = Instant::now();
-        let (fixed, auto) = match spec {
-            RateSpec::Unlimited => (None, None),
-            RateSpec::Fixed(r) => (Some(r), None),
-            RateSpec::Auto { ceiling } => (None, Some(Auto::new(ceiling, remembered, now))),
+        let (fixed, auto, remember) = match spec {
+            RateSpec::Unlimited => (None, Some(Auto::new(None, None, now)), false),
+            RateSpec::Fixed(r) => (Some(r), None, false),
+            RateSpec::Auto { ceiling } => (None, Some(Auto::new(ceiling, remembered, now)), true),
         };
         Pacer {
             state: Mutex::new(State {
@@ -217,6 +364,7 @@ impl Pacer {
                 paused_until: None,
                 fixed,
                 auto,
+                remember,
             }),
         }
     }
@@ -283,7 +431,11 @@ impl Pacer {
 
     /// The rate worth remembering for the next run (auto only, once it has learned one).
     pub fn learned(&self) -> Option<f64> {
-        self.lock().auto.as_ref().and_then(|a| a.rate)
+        let s = self.lock();
+        if !s.remember {
+            return None;
+        }
+        s.auto.as_ref().and_then(Auto::learned)
     }
 }
 
@@ -364,46 +516,106 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn auto_settles_just_under_the_accepted_rate() {
-        // Simulate an API that accepts 50 calls/s: the controller is fed one
-        // success per accepted call and a 429 when it asks for more.
+    /// A simulated API like the sandbox's: GCRA with a tenth of a second of
+    /// slack, answering 429 with `Retry-After: 1`. The client sends as its
+    /// pacer allows (every 2 ms when unpaced). Returns (seconds, 429s, rate trace).
+    fn simulate(
+        a: &mut Auto,
+        rows: usize,
+        limit_at: impl Fn(f64) -> f64,
+    ) -> (f64, usize, Vec<(f64, f64)>) {
         let t0 = Instant::now();
-        let mut a = Auto::new(None, None, t0);
-        let mut now = t0;
-        let mut sent = 0u32;
-        let mut rejected = 0u32;
-        let mut window: std::collections::VecDeque<Instant> = Default::default();
-        let step = Duration::from_millis(2);
-        let mut next_send = t0;
-        while now < t0 + Duration::from_secs(60) {
-            if now >= next_send {
-                while window
-                    .front()
-                    .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
-                {
-                    window.pop_front();
-                }
-                sent += 1;
-                if window.len() < 50 {
-                    window.push_back(now);
-                    a.on_success(now);
-                } else {
-                    rejected += 1;
-                    a.on_429(now);
-                }
-                next_send = match a.rate() {
-                    Some(r) => next_send + Duration::from_secs_f64(1.0 / r),
-                    None => now + Duration::from_millis(4), // "unlimited": as fast as the client goes
-                };
+        let at = |t: f64| t0 + Duration::from_secs_f64(t);
+        let (mut t, mut tat, mut paused_until) = (0.0f64, 0.0f64, 0.0f64);
+        let (mut done, mut rejected) = (0, 0);
+        let mut trace = Vec::new();
+        while done < rows {
+            let limit = limit_at(t);
+            let interval = 1.0 / limit;
+            let slack = interval * (limit * 0.1).max(1.0);
+            let ahead = tat.max(t) - t;
+            if ahead > slack {
+                rejected += 1;
+                paused_until = t + 1.0;
+                a.on_429(at(t));
+            } else {
+                tat = tat.max(t) + interval;
+                done += 1;
+                a.on_success(at(t));
             }
-            now += step;
+            trace.push((t, a.rate().unwrap_or(f64::INFINITY)));
+            let gap = a.rate().map_or(0.002, |r| 1.0 / r);
+            t = (t + gap).max(paused_until);
         }
-        let rate = a.rate().unwrap();
-        assert!((44.0..=51.0).contains(&rate), "settled at {rate}");
+        (t, rejected, trace)
+    }
+
+    #[test]
+    fn auto_finds_an_unpublished_limit_then_starts_there_next_time() {
+        let t0 = Instant::now();
+        let mut first = Auto::new(None, None, t0);
+        let (secs, rejected, _) = simulate(&mut first, 2000, |_| 50.0);
+        let achieved = 2000.0 / secs;
+        assert!(achieved >= 45.0, "first run: {achieved:.1}/s");
+        assert!(rejected <= 60, "first run: {rejected} 429s");
+
+        let learned = first.learned().expect("a rate was learned");
+        assert!((45.0..=50.5).contains(&learned), "learned {learned}");
+        let mut second = Auto::new(None, Some(learned), t0);
+        let (secs, rejected, _) = simulate(&mut second, 2000, |_| 50.0);
+        let achieved = 2000.0 / secs;
+        assert!(achieved >= 48.5, "second run: {achieved:.1}/s");
+        assert!(rejected <= 20, "second run: {rejected} 429s");
+    }
+
+    #[test]
+    fn auto_follows_a_limit_that_drops_and_recovers() {
+        let mut a = Auto::new(None, Some(49.0), Instant::now());
+        let limit = |t: f64| {
+            if (15.0..35.0).contains(&t) {
+                20.0
+            } else {
+                50.0
+            }
+        };
+        let (_, _, trace) = simulate(&mut a, 2500, limit);
+        let rate_at = |t: f64| {
+            trace
+                .iter()
+                .take_while(|(x, _)| *x <= t)
+                .last()
+                .map_or(0.0, |(_, r)| *r)
+        };
+        // Down within a few seconds of the drop, and mostly near the new limit while it lasts.
+        assert!(rate_at(20.0) <= 22.0, "{}", rate_at(20.0));
+        let low: Vec<f64> = trace
+            .iter()
+            .filter(|(t, _)| (20.0..35.0).contains(t))
+            .map(|(_, r)| *r)
+            .collect();
+        let near = low.iter().filter(|r| (15.0..=22.0).contains(*r)).count();
         assert!(
-            f64::from(rejected) / f64::from(sent) < 0.03,
-            "{rejected} of {sent} rejected"
+            near * 10 >= low.len() * 6,
+            "{near} of {} samples near 20/s",
+            low.len()
         );
+        // Back up within a few seconds of the recovery.
+        let back = trace
+            .iter()
+            .find(|(t, r)| *t >= 35.0 && *r >= 45.0)
+            .map(|(t, _)| t - 35.0);
+        assert!(
+            back.is_some_and(|s| s <= 10.0),
+            "back to 45/s after {back:?} s"
+        );
+    }
+
+    #[test]
+    fn a_limit_never_reached_teaches_nothing() {
+        let mut a = Auto::new(None, None, Instant::now());
+        let (_, rejected, _) = simulate(&mut a, 500, |_| 10_000.0);
+        assert_eq!(rejected, 0);
+        assert_eq!(a.rate(), None, "still unpaced");
+        assert_eq!(a.learned(), None);
     }
 }

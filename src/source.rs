@@ -150,7 +150,10 @@ async fn open_csv(
         let mut rdr = csv::ReaderBuilder::new()
             .has_headers(true)
             .flexible(true)
-            .from_reader(input);
+            .from_reader(QuoteCounter {
+                inner: input,
+                quotes: 0,
+            });
         let header = match rdr.byte_headers() {
             Ok(h) if h.is_empty() || (h.len() == 1 && h[0].is_empty()) => Err(SourceError(
                 "the source is empty; it needs a header row naming the columns".into(),
@@ -185,13 +188,30 @@ async fn open_csv(
         }
         let mut record = csv::ByteRecord::new();
         let mut number = 0u64;
+        // Each row is sent once the next is read, so that the last one can
+        // still be marked if the file ends inside a quoted field.
+        let mut held: Option<(Row, bool)> = None;
         loop {
             match rdr.read_byte_record(&mut record) {
-                Ok(false) => break,
+                Ok(false) => {
+                    if let Some((mut row, multiline)) = held.take() {
+                        if rdr.get_ref().quotes % 2 == 1 && multiline && row.problem.is_none() {
+                            row.problem = Some((
+                                None,
+                                "has an unclosed quote that runs to the end of the file, swallowing the rows after it; close the quote".into(),
+                            ));
+                        }
+                        let _ = tx.blocking_send(Ok(row));
+                    }
+                    break;
+                }
                 Ok(true) => {
                     number += 1;
+                    let multiline = record.iter().any(|f| f.contains(&b'\n'));
                     let row = csv_row(number, &record, width);
-                    if tx.blocking_send(Ok(row)).is_err() {
+                    if let Some((prev, _)) = held.replace((row, multiline))
+                        && tx.blocking_send(Ok(prev)).is_err()
+                    {
                         return;
                     }
                 }
@@ -209,6 +229,21 @@ async fn open_csv(
         .map_err(|_| SourceError("the CSV reader stopped unexpectedly".into()))??;
     let columns = Columns::from_header(names, default_op).map_err(SourceError)?;
     Ok(Reader { columns, rows: rx })
+}
+
+/// Counts the `"` bytes read: in well-formed CSV there is an even number of
+/// them, so an odd count at the end means a quote was never closed.
+struct QuoteCounter<R> {
+    inner: R,
+    quotes: u64,
+}
+
+impl<R: Read> Read for QuoteCounter<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.quotes += buf[..n].iter().filter(|b| **b == b'"').count() as u64;
+        Ok(n)
+    }
 }
 
 fn csv_row(number: u64, record: &csv::ByteRecord, width: usize) -> Row {

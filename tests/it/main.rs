@@ -4,10 +4,12 @@
 //! - `common`: the `Work` helper (temp dir, fixtures written from code, the binary run against a sandbox)
 //! - `run`: `convoy run`, issue by issue of the contract: the calls, order, retries, stops, secrets
 //! - `resume`: resume, Ctrl-C and SIGKILL: nothing lost, nothing sent twice
+//! - `hardening`: the bad-input corpus, the fault matrix, secrets
 //! - `report`: status, failures export and every README query, run for real
 //! - `sandbox`: the simulator itself, and the whole pipeline through its faults
 
 mod common;
+mod hardening;
 mod report;
 mod resume;
 mod run;
