@@ -9,6 +9,10 @@ throughput: 100,000 generated rows, --concurrency 64, no rate limit, full
 memory:     peak RSS of `convoy run` for 100,000 and 1,000,000 rows.
 rate:       1,000 rows at --attention-rate 50/s: total time against the
             ideal 20 s, and the most calls the server saw in any 1 s window.
+auto:       `--attention-rate auto` (the default) against a sandbox limited to
+            50/s that convoy is not told: 2,000 rows, a first run and a
+            second run (from the remembered rate), beside the exact fixed
+            rate; then 3,000 rows while the limit drops to 20/s and recovers.
 status:     `convoy status` and `convoy status NAME` on a database of 1,000
             batches and 1,000,000 audit rows (1% failed, with attempts).
 resume:     a 1,000,000-row batch with ~1% failed rows: `convoy resume`
@@ -218,6 +222,79 @@ def status(work, figures):
     figures.append(("`convoy status NAME --json` (a batch with 100 failures)", f"{best_of(['status', 'nightly-0990', '--json']) * 1000:.0f} ms", "well under 1 s"))
 
 
+def set_limit(sb, per_second):
+    req = urllib.request.Request(f"http://127.0.0.1:{sb.port}/_sandbox/rate-limit", method="PUT",
+                                 data=json.dumps({"per_second": per_second}).encode())
+    urllib.request.urlopen(req).read()
+
+
+def write_rows(path, n):
+    with open(path, "w") as f:
+        f.write("op,conversation_id,title\n")
+        for i in range(n):
+            f.write(f"attention.update,c{i % 200},t{i}\n")
+
+
+def auto(work, figures):
+    src = os.path.join(work, "rows-2k.csv")
+    write_rows(src, 2000)
+    db = os.path.join(work, "auto.db")
+
+    def run(sb, *args):
+        before = len(sb.requests())
+        p = subprocess.run([BIN, "--db", db, "--quiet", "run", src, *args], env=sb.env(), capture_output=True, text=True)
+        reqs = sb.requests()[before:]
+        ok = [r["at_ms"] for r in reqs if r["status"] == 200]
+        limited = sum(1 for r in reqs if r["status"] == 429)
+        span = (max(ok) - min(r["at_ms"] for r in reqs)) / 1000
+        return p.returncode, len(ok) / span, limited, len(reqs)
+
+    sb = Sandbox("--rate-limit", "50/s")
+    try:
+        first = run(sb)
+        second = run(sb)
+        fixed = run(sb, "--attention-rate", "50/s")
+    finally:
+        sb.stop()
+    for name, (code, rate, limited, total) in (("first run", first), ("second run (remembered)", second),
+                                               ("fixed --attention-rate 50/s", fixed)):
+        figures.append((f"auto vs an unpublished 50/s, 2,000 rows, {name}",
+                        f"{rate:.1f} rows/s ({100 * rate / 50:.0f}% of 50/s), {limited} 429s of {total} requests ({100 * limited / total:.1f}%), exit {code}",
+                        ">= 90% with <= 3% 429s; second run >= 97% with <= 1%" if "fixed" not in name else "reference"))
+
+    # The limit drops to 20/s at 15 s and comes back to 50/s at 35 s.
+    src3 = os.path.join(work, "rows-3k.csv")
+    write_rows(src3, 3000)
+    sb = Sandbox("--rate-limit", "50/s")
+    try:
+        subprocess.run([BIN, "--db", db, "--quiet", "run", src, "--batch", "warm"], env=sb.env(), capture_output=True)
+        before = len(sb.requests())
+        t0 = time.monotonic()
+        proc = subprocess.Popen([BIN, "--db", db, "--quiet", "run", src3, "--batch", "drop"], env=sb.env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(15 - (time.monotonic() - t0))
+        set_limit(sb, 20)
+        time.sleep(35 - (time.monotonic() - t0))
+        set_limit(sb, 50)
+        out, _ = proc.communicate()
+        reqs = sb.requests()[before:]
+    finally:
+        sb.stop()
+    start = min(r["at_ms"] for r in reqs)
+    per_sec = {}
+    for r in reqs:
+        if r["status"] == 200:
+            k = (r["at_ms"] - start) // 1000
+            per_sec[k] = per_sec.get(k, 0) + 1
+    timeline = " ".join(f"{per_sec.get(k, 0)}" for k in range(0, max(per_sec) + 1))
+    down = next((k - 15 for k in range(16, 35) if per_sec.get(k, 0) <= 22), None)
+    up = next((k - 35 for k in range(36, max(per_sec) + 1) if per_sec.get(k, 0) >= 45), None)
+    failed = "0 rows failed" if proc.returncode == 0 else f"exit {proc.returncode}: {out.strip()}"
+    figures.append(("auto, 3,000 rows, limit 50/s -> 20/s at 15 s -> 50/s at 35 s",
+                    f"{failed}; at or under 22/s {down} s after the drop, back to >= 45/s {up} s after the recovery; "
+                    f"accepted per second: {timeline}", "no row fails; follows within a few seconds"))
+
+
 def main():
     what = sys.argv[1] if len(sys.argv) > 1 else "all"
     build()
@@ -230,6 +307,8 @@ def main():
             memory(work, figures)
         if what in ("rate", "all"):
             rate(work, figures)
+        if what in ("auto", "all"):
+            auto(work, figures)
         if what in ("status", "all"):
             status(work, figures)
         if what in ("resume", "all"):

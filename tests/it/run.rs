@@ -693,3 +693,43 @@ async fn the_audit_database_is_owner_only() {
     let mode = std::fs::metadata(&w.db).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_pacing_finishes_against_an_unpublished_limit_and_remembers_it() {
+    let sb = sandbox(Config {
+        rate_limit: Some(40.0),
+        ..Config::default()
+    })
+    .await;
+    let w = Work::new();
+    let rows: Vec<String> = (0..300)
+        .map(|i| format!("attention.update,c{},t{i}", i % 50))
+        .collect();
+    let src = w.write("a.csv", &csv("op,conversation_id,title", &rows));
+    // Defaults only: auto pacing, 5 attempts.
+    w.run(Some(&sb), &["run", src.to_str().unwrap(), "--batch", "a"])
+        .await
+        .expect(0);
+    assert!(
+        sb.requests().iter().any(|r| r.status == 429),
+        "the limit was never met"
+    );
+    let db = w.db().await;
+    let rows = audit_rows(&db).await;
+    assert!(rows.iter().all(|r| r.1 == "succeeded"));
+    let (api, rate): (String, f64) = sqlx::query_as("SELECT api, rate_per_sec FROM learned_rates")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(api, "attention");
+    assert!(
+        (10.0..=41.0).contains(&rate),
+        "learned {rate}/s against a 40/s limit"
+    );
+    let out = w.run(None, &["status", "a"]).await;
+    assert!(
+        out.stdout().contains("learned    attention"),
+        "{}",
+        out.stdout()
+    );
+}
