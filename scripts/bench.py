@@ -13,6 +13,10 @@ auto:       `--attention-rate auto` (the default) against a sandbox limited to
             50/s that convoy is not told: 2,000 rows, a first run and a
             second run (from the remembered rate), beside the exact fixed
             rate; then 3,000 rows while the limit drops to 20/s and recovers.
+sandbox:    the sandbox's capacity on loopback: `wrk` (Debian's package)
+            with 64 connections for 10 s on `GET /v2/conversations/{id}` (a
+            full ~2.4 KB snapshot per answer), wrk and sandbox sharing the
+            2 cores.
 status:     `convoy status` and `convoy status NAME` on a database of 1,000
             batches and 1,000,000 audit rows (1% failed, with attempts).
 resume:     a 1,000,000-row batch with ~1% failed rows: `convoy resume`
@@ -295,6 +299,20 @@ def auto(work, figures):
                     f"accepted per second: {timeline}", "no row fails; follows within a few seconds"))
 
 
+def sandbox_capacity(work, figures):
+    if not shutil.which("wrk"):
+        figures.append(("sandbox capacity", "not measured: install wrk (apt-get install wrk)", ">= 20,000 requests/s"))
+        return
+    sb = Sandbox("--no-log")
+    try:
+        p = subprocess.run(["wrk", "-t2", "-c64", "-d10s", "-H", f"Authorization: {KEY}",
+                            f"http://127.0.0.1:{sb.port}/v2/conversations/c1"], capture_output=True, text=True)
+    finally:
+        sb.stop()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", p.stdout).group(1))
+    figures.append(("sandbox capacity, GET of a conversation, 64 connections", f"{rps:,.0f} requests/s", ">= 20,000 requests/s"))
+
+
 def main():
     what = sys.argv[1] if len(sys.argv) > 1 else "all"
     build()
@@ -309,6 +327,8 @@ def main():
             rate(work, figures)
         if what in ("auto", "all"):
             auto(work, figures)
+        if what in ("sandbox", "all"):
+            sandbox_capacity(work, figures)
         if what in ("status", "all"):
             status(work, figures)
         if what in ("resume", "all"):

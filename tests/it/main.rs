@@ -5,11 +5,13 @@
 //! - `run`: `convoy run`, issue by issue of the contract: the calls, order, retries, stops, secrets
 //! - `resume`: resume, Ctrl-C and SIGKILL: nothing lost, nothing sent twice
 //! - `hardening`: the bad-input corpus, the fault matrix, secrets
+//! - `props`: property tests: arbitrary rows never panic and never escape their path
 //! - `report`: status, failures export and every README query, run for real
 //! - `sandbox`: the simulator itself, and the whole pipeline through its faults
 
 mod common;
 mod hardening;
+mod props;
 mod report;
 mod resume;
 mod run;
