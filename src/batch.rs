@@ -198,6 +198,38 @@ pub struct PlanSummary {
     pub per_api: [u64; 2],
 }
 
+impl PlanSummary {
+    /// Counts one planned row and prints its warnings or error (the first
+    /// [`SHOWN`] of each; `notes` counts the warnings printed so far).
+    fn count(
+        &mut self,
+        planned: &PlannedRow,
+        warnings: Vec<String>,
+        notes: &mut u64,
+        progress: &Progress,
+    ) {
+        for w in warnings {
+            *notes += 1;
+            if *notes <= SHOWN {
+                progress.println(&format!("warning: {w}"));
+            }
+        }
+        match (planned.status, planned.api) {
+            (RowStatus::Invalid, _) => {
+                self.invalid += 1;
+                if self.invalid <= SHOWN {
+                    progress.println(&format!(
+                        "invalid: {}",
+                        planned.error.as_deref().unwrap_or("")
+                    ));
+                }
+            }
+            (_, Some(api)) => self.per_api[api as usize] += 1,
+            _ => {}
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     #[error(transparent)]
@@ -302,25 +334,7 @@ pub async fn plan(
         };
         let (planned, warnings) = plan_row(&reader.columns, &row, endpoints);
         sum.rows += 1;
-        for w in warnings {
-            notes += 1;
-            if notes <= SHOWN {
-                progress.println(&format!("warning: {w}"));
-            }
-        }
-        match (planned.status, planned.api) {
-            (RowStatus::Invalid, _) => {
-                sum.invalid += 1;
-                if sum.invalid <= SHOWN {
-                    progress.println(&format!(
-                        "invalid: {}",
-                        planned.error.as_deref().unwrap_or("")
-                    ));
-                }
-            }
-            (_, Some(api)) => sum.per_api[api as usize] += 1,
-            _ => {}
-        }
+        sum.count(&planned, warnings, &mut notes, progress);
         progress.planned(sum.rows);
         buf.push(planned);
         if buf.len() == PLAN_CHUNK {
@@ -420,6 +434,10 @@ pub async fn execute(
     drop(executor);
     drop(recorder);
     writer.await??;
+    // Give the WAL's disk space back now that the writing is done.
+    let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&db.pool)
+        .await;
     progress.finish();
     for (api, pacer) in Api::ALL.into_iter().zip(pacers) {
         if let Some(rate) = pacer.learned() {
@@ -806,25 +824,7 @@ pub async fn reconcile(
                 None => out.added += 1,
             }
             let (planned, warnings) = plan_row(&reader.columns, row, endpoints);
-            for w in warnings {
-                notes += 1;
-                if notes <= SHOWN {
-                    progress.println(&format!("warning: {w}"));
-                }
-            }
-            match (planned.status, planned.api) {
-                (RowStatus::Invalid, _) => {
-                    out.plan.invalid += 1;
-                    if out.plan.invalid <= SHOWN {
-                        progress.println(&format!(
-                            "invalid: {}",
-                            planned.error.as_deref().unwrap_or("")
-                        ));
-                    }
-                }
-                (_, Some(api)) => out.plan.per_api[api as usize] += 1,
-                _ => {}
-            }
+            out.plan.count(&planned, warnings, &mut notes, progress);
             planned_rows.push(planned);
         }
         audit::upsert_planned(db, batch_id, pass, &planned_rows).await?;

@@ -7,7 +7,8 @@ pub mod run;
 pub mod sandbox;
 pub mod status;
 
-use crate::batch::{self, Batch, ConfigError, PlanSummary};
+use crate::batch::{self, Batch, ConfigError, Endpoints, PlanSummary};
+use crate::sandbox::Sandbox;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +32,19 @@ pub mod exit {
 pub fn usage(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {msg}");
     ExitCode::from(exit::USAGE)
+}
+
+/// The endpoints to use: an in-process sandbox's with `--sandbox` (kept
+/// alive by the returned handle), else the options' and the environment's.
+pub async fn endpoints(
+    options: &batch::Options,
+) -> anyhow::Result<Result<(Option<Sandbox>, Endpoints), ConfigError>> {
+    if options.sandbox {
+        let sb = Sandbox::start_in_process().await?;
+        let e = sb.endpoints(options.attention_auth_scheme);
+        return Ok(Ok((Some(sb), e)));
+    }
+    Ok(Endpoints::from_env(options).map(|e| (None, e)))
 }
 
 /// First Ctrl-C or SIGTERM: cancel (calls in flight finish). Second: exit at once.

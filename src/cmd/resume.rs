@@ -3,10 +3,9 @@
 
 use super::{Global, send_phase, usage};
 use crate::audit::Db;
-use crate::batch::{self, Endpoints, Options, PlanError};
+use crate::batch::{self, Options, PlanError};
 use crate::cli::{ExecArgs, InputArgs};
 use crate::progress::Progress;
-use crate::sandbox::Sandbox;
 use crate::source::{self, Source};
 use clap::Args;
 use std::path::PathBuf;
@@ -50,17 +49,9 @@ pub async fn run(g: &Global, a: ResumeArgs) -> anyhow::Result<ExitCode> {
         Ok(o) => o,
         Err(e) => return Ok(usage(e)),
     };
-    let sandbox = if options.sandbox {
-        Some(Sandbox::start_in_process().await?)
-    } else {
-        None
-    };
-    let endpoints = match &sandbox {
-        Some(s) => s.endpoints(options.attention_auth_scheme),
-        None => match Endpoints::from_env(&options) {
-            Ok(e) => e,
-            Err(e) => return Ok(usage(e)),
-        },
+    let (sandbox, endpoints) = match super::endpoints(&options).await? {
+        Ok(pair) => pair,
+        Err(e) => return Ok(usage(e)),
     };
     let source = match rec.source_kind.as_str() {
         "stdin" => None,

@@ -5,7 +5,6 @@ use crate::audit::Db;
 use crate::batch::{self, Endpoints, Options, PlanError};
 use crate::cli::{ExecArgs, InputArgs};
 use crate::progress::Progress;
-use crate::sandbox::Sandbox;
 use crate::source::{self, Source};
 use clap::Args;
 use std::collections::HashSet;
@@ -49,17 +48,9 @@ pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<ExitCode> {
     {
         return Ok(usage("--batch: give a name of 1 to 200 characters"));
     }
-    let sandbox = if options.sandbox {
-        Some(Sandbox::start_in_process().await?)
-    } else {
-        None
-    };
-    let endpoints = match &sandbox {
-        Some(s) => s.endpoints(options.attention_auth_scheme),
-        None => match Endpoints::from_env(&options) {
-            Ok(e) => e,
-            Err(e) => return Ok(usage(e)),
-        },
+    let (sandbox, endpoints) = match super::endpoints(&options).await? {
+        Ok(pair) => pair,
+        Err(e) => return Ok(usage(e)),
     };
     let reader = match source::open(&source, options.default_op()).await {
         Ok(r) => r,

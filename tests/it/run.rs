@@ -723,8 +723,20 @@ async fn auto_pacing_finishes_against_an_unpublished_limit_and_remembers_it() {
         .unwrap();
     assert_eq!(api, "attention");
     assert!(
-        (10.0..=41.0).contains(&rate),
+        (10.0..=60.0).contains(&rate),
         "learned {rate}/s against a 40/s limit"
+    );
+    // The next night starts from it and runs (nearly) clean.
+    let before = sb.requests().len();
+    w.run(Some(&sb), &["run", src.to_str().unwrap(), "--batch", "b"])
+        .await
+        .expect(0);
+    let next = &sb.requests()[before..];
+    let limited = next.iter().filter(|r| r.status == 429).count();
+    assert!(
+        limited * 100 <= next.len() * 3,
+        "{limited} of {} requests got 429 starting from {rate}/s",
+        next.len()
     );
     let out = w.run(None, &["status", "a"]).await;
     assert!(
