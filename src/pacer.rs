@@ -249,10 +249,7 @@ impl Auto {
     fn climb(&mut self, now: Instant) {
         let r = self.rate;
         if now.saturating_duration_since(self.since) >= HELD && self.good.is_none_or(|g| g < r) {
-            // What held is what was really sent, which may be less than the
-            // pace when the client itself is the bottleneck.
-            let achieved = self.accepted_rate(now, self.since) * 1.05;
-            self.good = Some(r.min(achieved));
+            self.good = Some(r);
             if self.bad.is_some_and(|(b, _)| b <= r) {
                 self.bad = None;
             }
