@@ -356,7 +356,7 @@ async fn write_loop(
     const CHUNK: usize = 128;
     let mut marks: Vec<(i64, oneshot::Sender<()>)> = Vec::new();
     // Attempts, outcomes and flushes, in arrival order.
-    let mut queue: VecDeque<Event> = VecDeque::new();
+    let mut queue: VecDeque<Queued> = VecDeque::new();
     let mut open = true;
     while open || !marks.is_empty() || !queue.is_empty() {
         if marks.is_empty() && queue.is_empty() {
@@ -392,10 +392,9 @@ async fn write_loop(
         let (mut attempts, mut outcomes, mut flushed) = (Vec::new(), Vec::new(), Vec::new());
         for e in queue.drain(..queue.len().min(CHUNK)) {
             match e {
-                Event::Attempt(a) => attempts.push(a),
-                Event::Finished(o) => outcomes.push(o),
-                Event::Flush(ack) => flushed.push(ack),
-                Event::InFlight { .. } => unreachable!("marks are sorted out"),
+                Queued::Attempt(a) => attempts.push(a),
+                Queued::Finished(o) => outcomes.push(o),
+                Queued::Flush(ack) => flushed.push(ack),
             }
         }
         if !attempts.is_empty() || !outcomes.is_empty() {
@@ -415,10 +414,19 @@ async fn write_loop(
     Ok(())
 }
 
-fn sort(e: Event, marks: &mut Vec<(i64, oneshot::Sender<()>)>, queue: &mut VecDeque<Event>) {
+/// What waits behind the marks, in arrival order.
+enum Queued {
+    Attempt(AttemptRecord),
+    Finished(Outcome),
+    Flush(oneshot::Sender<()>),
+}
+
+fn sort(e: Event, marks: &mut Vec<(i64, oneshot::Sender<()>)>, queue: &mut VecDeque<Queued>) {
     match e {
         Event::InFlight { id, ack } => marks.push((id, ack)),
-        other => queue.push_back(other),
+        Event::Attempt(a) => queue.push_back(Queued::Attempt(a)),
+        Event::Finished(o) => queue.push_back(Queued::Finished(o)),
+        Event::Flush(ack) => queue.push_back(Queued::Flush(ack)),
     }
 }
 

@@ -327,7 +327,7 @@ impl Executor {
                 marked = true;
             }
             attempt += 1;
-            let a = self.attempt(&job, lane, attempt).await;
+            let a = self.attempt(&job, lane).await;
             self.counters.http_attempts.fetch_add(1, Relaxed);
             let verdict = a.verdict;
             if let Some(pause) = a.retry_after {
@@ -386,7 +386,7 @@ impl Executor {
         let _ = self.recorder.finished(outcome).await;
     }
 
-    async fn attempt(&self, job: &Job, lane: &ApiLane, attempt: u32) -> Attempted {
+    async fn attempt(&self, job: &Job, lane: &ApiLane) -> Attempted {
         let started_at = crate::audit::now();
         let t0 = std::time::Instant::now();
         let mut req = self
@@ -401,7 +401,6 @@ impl Executor {
                 .header(CONTENT_TYPE, "application/json")
                 .body(body.clone());
         }
-        let _ = attempt;
         let mut a = Attempted {
             started_at,
             duration_ms: 0,

@@ -55,6 +55,41 @@ impl Work {
         Out(out)
     }
 
+    /// Runs `convoy ARGS` against `sb` with `input` on its stdin.
+    pub async fn run_stdin(&self, sb: Option<&Sandbox>, args: &[&str], input: &[u8]) -> Out {
+        use tokio::io::AsyncWriteExt;
+        let mut child = self
+            .convoy(sb)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn convoy");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input).await.unwrap();
+        drop(stdin);
+        Out(child.wait_with_output().await.expect("run convoy"))
+    }
+
+    /// Creates the SQLite file `name` in the work dir and runs `sql` in it.
+    pub async fn sqlite(&self, name: &str, sql: String) -> PathBuf {
+        let path = self.path(name);
+        let pool = SqlitePool::connect_with(
+            SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true),
+        )
+        .await
+        .expect("create SQLite file");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .expect("run SQL");
+        pool.close().await;
+        path
+    }
+
     pub async fn db(&self) -> SqlitePool {
         SqlitePool::connect_with(SqliteConnectOptions::new().filename(&self.db))
             .await

@@ -97,22 +97,14 @@ async fn bad_sources_made_in_code() {
     .await;
 
     // A real SQLite file: a missing table, and a table name that tries SQL injection.
-    let db = w.path("edits.db");
-    let pool = sqlx::SqlitePool::connect_with(
-        sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(&db)
-            .create_if_missing(true),
-    )
-    .await
-    .unwrap();
-    sqlx::raw_sql(
-        "CREATE TABLE edits (op TEXT, conversation_id TEXT, title BLOB); \
-         INSERT INTO edits VALUES ('attention.update', 'c1', 'One'), ('attention.update', 'c2', x'ff00fe');",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    pool.close().await;
+    let db = w
+        .sqlite(
+            "edits.db",
+            "CREATE TABLE edits (op TEXT, conversation_id TEXT, title BLOB); \
+             INSERT INTO edits VALUES ('attention.update', 'c1', 'One'), ('attention.update', 'c2', x'ff00fe');"
+                .into(),
+        )
+        .await;
     let dbs = db.to_str().unwrap();
     case(
         "missing table",
@@ -153,7 +145,7 @@ async fn fault(
     let sb = plain_sandbox().await;
     sb.script("c-f", faults);
     let w = Work::new();
-    let src = w.write("f.csv", "op,conversation_id,title\nattention.update,c-a,A\nattention.update,c-f,F\nattention.update,c-b,B\nattention.archive,c-c,\n");
+    w.write("f.csv", "op,conversation_id,title\nattention.update,c-a,A\nattention.update,c-f,F\nattention.update,c-b,B\nattention.archive,c-c,\n");
     let mut all = vec!["run", "f.csv", "--batch", "f"];
     all.extend(args);
     let out = w.run(Some(&sb), &all).await;
@@ -163,7 +155,6 @@ async fn fault(
         out.stdout(),
         out.stderr()
     );
-    let _ = src;
     let db = w.db().await;
     let rows = audit_rows(&db).await;
     assert_eq!(rows.len(), 4, "a row went missing");

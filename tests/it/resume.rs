@@ -331,7 +331,6 @@ async fn resume_warns_about_changed_succeeded_rows_and_takes_new_ones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_from_stdin_is_resumed_from_what_was_recorded() {
-    use tokio::io::AsyncWriteExt;
     let sb = plain_sandbox().await;
     sb.script(
         "c2",
@@ -342,26 +341,19 @@ async fn a_batch_from_stdin_is_resumed_from_what_was_recorded() {
         }],
     );
     let w = Work::new();
-    let mut child = w
-        .convoy(Some(&sb))
-        .args([
-            "run",
-            "-",
-            "--op",
-            "attention.archive",
-            "--batch",
-            "in",
-            "--max-attempts",
-            "1",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"conversation_id\nc1\nc2\n").await.unwrap();
-    drop(stdin);
-    assert_eq!(child.wait().await.unwrap().code(), Some(1));
+    let args = [
+        "run",
+        "-",
+        "--op",
+        "attention.archive",
+        "--batch",
+        "in",
+        "--max-attempts",
+        "1",
+    ];
+    w.run_stdin(Some(&sb), &args, b"conversation_id\nc1\nc2\n")
+        .await
+        .expect(1);
     w.run(Some(&sb), &["resume", "in"]).await.expect(0);
     let reqs = sb.requests();
     assert_eq!(reqs.len(), 3);

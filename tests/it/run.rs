@@ -159,21 +159,9 @@ async fn a_sqlite_source_sends_the_same_calls_as_the_csv() {
         .await
         .expect(0);
 
-    let edits = w.path("edits.db");
-    let pool = sqlx::SqlitePool::connect_with(
-        sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(&edits)
-            .create_if_missing(true),
-    )
-    .await
-    .unwrap();
     let script =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/samples/edits.sql")).unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(script))
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
+    let edits = w.sqlite("edits.db", script).await;
 
     let from_sqlite = plain_sandbox().await;
     w.run(
@@ -195,21 +183,12 @@ async fn a_sqlite_source_sends_the_same_calls_as_the_csv() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn csv_on_stdin_is_a_source_too() {
-    use tokio::io::AsyncWriteExt;
     let sb = plain_sandbox().await;
     let w = Work::new();
-    let mut child = w
-        .convoy(Some(&sb))
-        .args(["run", "-", "--op", "attention.archive", "--batch", "stdin"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"conversation_id\nc1\nc2\n").await.unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().await.unwrap();
-    assert_eq!(out.status.code(), Some(0));
+    let args = ["run", "-", "--op", "attention.archive", "--batch", "stdin"];
+    w.run_stdin(Some(&sb), &args, b"conversation_id\nc1\nc2\n")
+        .await
+        .expect(0);
     assert_eq!(sb.requests().len(), 2);
 }
 
@@ -453,7 +432,7 @@ async fn the_key_never_leaves_the_process() {
     })
     .await;
     let w = Work::new();
-    let src = w.write("k.csv", "op,conversation_id\nattention.archive,c1\nattention.archive,missing-2\nattention.nope,c3\n");
+    w.write("k.csv", "op,conversation_id\nattention.archive,c1\nattention.archive,missing-2\nattention.nope,c3\n");
     let mut outputs = Vec::new();
     for args in [
         vec!["run", "k.csv", "--batch", "k"],
@@ -472,7 +451,6 @@ async fn the_key_never_leaves_the_process() {
         outputs.push(out.stdout);
         outputs.push(out.stderr);
     }
-    let _ = src;
     // The key did reach the API (so the test would notice it being sent elsewhere)...
     assert_eq!(
         sb.requests()[0].authorization.as_deref(),
