@@ -245,7 +245,6 @@ impl Executor {
     async fn work(&self, job: Job) {
         let lane = self.lane(job.api);
         let mut attempt = job.prior_attempts;
-        let mut marked = false;
         let mut last: Option<Attempted> = None;
         let finish = |status, last: Option<Attempted>, attempt, extra: Option<String>| {
             let (http_status, error, response, snapshot) = match last {
@@ -268,6 +267,12 @@ impl Executor {
                 snapshot,
             }
         };
+        // Marked before it waits for its slot, so that the call leaves the
+        // moment the slot comes (no commit between the pacer and the wire).
+        if self.recorder.in_flight(job.id).await.is_err() {
+            // Without the in_flight mark committed, the call must not go out.
+            return;
+        }
         for n in 0..self.settings.max_attempts {
             if n > 0 {
                 // Backoff with jitter; a Retry-After pause is held by the pacer.
@@ -319,13 +324,7 @@ impl Executor {
                     .left_pending(finish(RowStatus::Pending, last, attempt, Some(why)))
                     .await;
             }
-            if !marked {
-                if self.recorder.in_flight(job.id).await.is_err() {
-                    // Without the in_flight mark committed, the call must not go out.
-                    return;
-                }
-                marked = true;
-            }
+            let sent = Instant::now();
             attempt += 1;
             let a = self.attempt(&job, lane).await;
             self.counters.http_attempts.fetch_add(1, Relaxed);
@@ -335,8 +334,8 @@ impl Executor {
                     .pause_until(Instant::now() + pause.min(self.settings.max_retry_after));
             }
             match verdict {
-                Verdict::Success => lane.pacer.on_success(),
-                Verdict::RateLimited => lane.pacer.on_429(),
+                Verdict::Success => lane.pacer.on_success(sent),
+                Verdict::RateLimited => lane.pacer.on_429(sent),
                 _ => {}
             }
             let _ = self
