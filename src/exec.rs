@@ -11,7 +11,7 @@ use crate::edit::Api;
 use crate::pacer::Pacer;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -334,7 +334,13 @@ impl Executor {
                     .pause_until(Instant::now() + pause.min(self.settings.max_retry_after));
             }
             match verdict {
-                Verdict::Success => lane.pacer.on_success(sent),
+                Verdict::Success => {
+                    lane.pacer.on_success(sent);
+                    if a.quota_spent {
+                        // As telling as a 429, without the failed call.
+                        lane.pacer.on_429(sent);
+                    }
+                }
                 Verdict::RateLimited => lane.pacer.on_429(sent),
                 _ => {}
             }
@@ -408,6 +414,7 @@ impl Executor {
             response: None,
             snapshot: None,
             retry_after: None,
+            quota_spent: false,
             verdict: Verdict::Retry,
         };
         match req.send().await {
@@ -418,6 +425,11 @@ impl Executor {
                 let status = resp.status();
                 a.http_status = Some(status.as_u16());
                 a.retry_after = resp.headers().get(RETRY_AFTER).and_then(parse_retry_after);
+                if status.is_success() && a.retry_after.is_none() {
+                    // The API says its quota is spent: pause as for a 429.
+                    a.retry_after = quota_spent(resp.headers());
+                    a.quota_spent = a.retry_after.is_some();
+                }
                 let (body, body_error) = read_body(resp).await;
                 a.verdict = match status.as_u16() {
                     200..=299 => Verdict::Success,
@@ -476,6 +488,8 @@ struct Attempted {
     response: Option<Arc<str>>,
     snapshot: Option<Snapshot>,
     retry_after: Option<Duration>,
+    /// A success whose `RateLimit-Remaining` was 0.
+    quota_spent: bool,
     verdict: Verdict,
 }
 
@@ -626,9 +640,58 @@ pub fn parse_retry_after(v: &HeaderValue) -> Option<Duration> {
     )
 }
 
+/// `RateLimit-Remaining: 0` (or `X-RateLimit-Remaining: 0`): how long until
+/// `RateLimit-Reset` (delta-seconds, or a Unix time as some `X-` headers send).
+pub fn quota_spent(headers: &HeaderMap) -> Option<Duration> {
+    let get = |names: [&str; 2]| {
+        let v = names.iter().find_map(|n| headers.get(*n))?;
+        v.to_str().ok()?.trim().parse::<f64>().ok()
+    };
+    if get(["ratelimit-remaining", "x-ratelimit-remaining"])? != 0.0 {
+        return None;
+    }
+    let reset = get(["ratelimit-reset", "x-ratelimit-reset"]).filter(|r| r.is_finite())?;
+    let secs = if reset > 1e9 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        reset - now.as_secs_f64()
+    } else {
+        reset
+    };
+    Some(Duration::from_secs_f64(secs.max(0.0)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spent_quota_pauses_until_its_reset() {
+        let h = |pairs: &[(&'static str, &str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, HeaderValue::from_str(v).unwrap());
+            }
+            m
+        };
+        let spent = h(&[("ratelimit-remaining", "0"), ("ratelimit-reset", "2")]);
+        assert_eq!(quota_spent(&spent), Some(Duration::from_secs(2)));
+        let left = h(&[("ratelimit-remaining", "3"), ("ratelimit-reset", "2")]);
+        assert_eq!(quota_spent(&left), None);
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 30;
+        let x = h(&[
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", &epoch.to_string()),
+        ]);
+        let d = quota_spent(&x).unwrap();
+        assert!((28..=30).contains(&d.as_secs()), "{d:?}");
+        assert_eq!(quota_spent(&h(&[("ratelimit-remaining", "0")])), None);
+    }
 
     #[test]
     fn retry_after_in_seconds_and_as_a_date() {

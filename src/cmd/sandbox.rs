@@ -21,6 +21,10 @@ pub struct SandboxArgs {
     #[arg(long, value_parser = parse_limit)]
     pub rate_limit: Option<f64>,
 
+    /// With --rate-limit: also send RateLimit-Limit, -Remaining and -Reset.
+    #[arg(long, requires = "rate_limit")]
+    pub rate_headers: bool,
+
     /// Share of calls answered 500/502/503, from 0 to 1.
     #[arg(long, default_value_t = 0.0, value_parser = parse_share)]
     pub fail_rate: f64,
@@ -93,6 +97,7 @@ pub async fn run(a: SandboxArgs) -> anyhow::Result<ExitCode> {
         vg_token: a.vg_token,
         latency: a.latency,
         rate_limit: a.rate_limit,
+        rate_headers: a.rate_headers,
         fail_rate: a.fail_rate,
         drop_rate: a.drop_rate,
         seed: a.seed,

@@ -38,6 +38,8 @@ pub struct Config {
     pub latency: Option<(Duration, Duration)>,
     /// Calls per second each API accepts; more are answered 429 with `Retry-After`.
     pub rate_limit: Option<f64>,
+    /// Also send `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`.
+    pub rate_headers: bool,
     /// Share of calls answered 500, 502 or 503 (nothing applied).
     pub fail_rate: f64,
     /// Share of calls whose connection is closed without an answer: half
@@ -57,6 +59,7 @@ impl Default for Config {
             vg_token: "sandbox-vg-token".into(),
             latency: None,
             rate_limit: None,
+            rate_headers: false,
             fail_rate: 0.0,
             drop_rate: 0.0,
             seed: 1,
@@ -128,6 +131,30 @@ impl Limiter {
         }
         self.tat = tat + self.interval;
         Ok(())
+    }
+
+    /// The `RateLimit-*` headers as of `now`: calls left in the burst, and
+    /// whole seconds until it is full again.
+    fn headers(&self, now: Instant) -> [(&'static str, u64); 3] {
+        let ahead = self.tat.saturating_duration_since(now);
+        let left = self.tolerance.saturating_sub(ahead).as_secs_f64() / self.interval.as_secs_f64();
+        let left = if ahead > self.tolerance {
+            0
+        } else {
+            left as u64 + 1
+        };
+        let per_sec = (1.0 / self.interval.as_secs_f64()).round() as u64;
+        [
+            ("ratelimit-limit", per_sec),
+            ("ratelimit-remaining", left),
+            ("ratelimit-reset", ahead.as_secs_f64().ceil() as u64),
+        ]
+    }
+}
+
+fn add_quota(r: &mut Response<Full<Bytes>>, quota: Option<[(&'static str, u64); 3]>) {
+    for (name, value) in quota.into_iter().flatten() {
+        r.headers_mut().insert(name, value.into());
     }
 }
 
@@ -523,14 +550,21 @@ impl State {
         }
 
         // The rate limit.
-        if let Some(limiter) = lock(&self.limits)[api as usize].as_mut()
-            && let Err(wait) = limiter.check(Instant::now())
-        {
-            let mut r = bad(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
-            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-            r.headers_mut()
-                .insert(hyper::header::RETRY_AFTER, secs.into());
-            return (Ok(r), latency);
+        let mut quota = None;
+        if let Some(limiter) = lock(&self.limits)[api as usize].as_mut() {
+            let now = Instant::now();
+            let verdict = limiter.check(now);
+            if self.config.rate_headers {
+                quota = Some(limiter.headers(now));
+            }
+            if let Err(wait) = verdict {
+                let mut r = bad(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+                let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+                r.headers_mut()
+                    .insert(hyper::header::RETRY_AFTER, secs.into());
+                add_quota(&mut r, quota);
+                return (Ok(r), latency);
+            }
         }
 
         let id = match &target {
@@ -603,6 +637,7 @@ impl State {
                 if let Some(b) = answer_body {
                     *r.body_mut() = Full::new(Bytes::from(b));
                 }
+                add_quota(&mut r, quota);
                 r
             }
             Err(message) => bad(StatusCode::BAD_REQUEST, message),
