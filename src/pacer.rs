@@ -450,6 +450,13 @@ impl Pacer {
 
     /// Waits for this call's start slot. Cancel-safe: dropping it gives up its place.
     pub async fn acquire(&self) {
+        {
+            // Unpaced and not paused: nothing to wait for, no queue to join.
+            let s = self.lock();
+            if s.interval().is_none() && s.paused_until.is_none_or(|p| p <= Instant::now()) {
+                return;
+            }
+        }
         let _turn = self.queue.lock().await;
         loop {
             let changed = self.changed.notified();
