@@ -234,7 +234,8 @@ impl Auto {
         }
         if self.level_at.is_none() && self.rate > 0.0 {
             // A level begins one interval before its first call.
-            self.level_at = Some(sent - Duration::from_secs_f64(1.0 / self.rate).min(STEP));
+            let interval = Duration::from_secs_f64(1.0 / self.rate).min(STEP);
+            self.level_at = Some(sent.checked_sub(interval).unwrap_or(sent));
         }
         if self.episode.len() == EPISODE {
             self.episode.pop_front();
