@@ -137,11 +137,9 @@ impl Limiter {
     /// whole seconds until it is full again.
     fn headers(&self, now: Instant) -> [(&'static str, u64); 3] {
         let ahead = self.tat.saturating_duration_since(now);
-        let left = self.tolerance.saturating_sub(ahead).as_secs_f64() / self.interval.as_secs_f64();
-        let left = if ahead > self.tolerance {
-            0
-        } else {
-            left as u64 + 1
+        let left = match self.tolerance.checked_sub(ahead) {
+            Some(room) => (room.as_secs_f64() / self.interval.as_secs_f64()) as u64 + 1,
+            None => 0,
         };
         let per_sec = (1.0 / self.interval.as_secs_f64()).round() as u64;
         [
