@@ -455,6 +455,9 @@ pub async fn execute(
 fn http_client(o: &Options) -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .user_agent(concat!("convoy/", env!("CARGO_PKG_VERSION")))
+        // A write API must never follow a redirect: reqwest would re-send a
+        // POST/PUT as a body-less GET (301-303), or the body to another origin.
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_millis(o.timeout_ms.min(10_000)))
         .timeout(Duration::from_millis(o.timeout_ms))
         .pool_max_idle_per_host(o.concurrency as usize)

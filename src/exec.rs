@@ -11,7 +11,7 @@ use crate::edit::Api;
 use crate::pacer::Pacer;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RETRY_AFTER};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -425,6 +425,10 @@ impl Executor {
                 let status = resp.status();
                 a.http_status = Some(status.as_u16());
                 a.retry_after = resp.headers().get(RETRY_AFTER).and_then(parse_retry_after);
+                let resp_location = resp
+                    .headers()
+                    .get(LOCATION)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
                 if status.is_success() && a.retry_after.is_none() {
                     // The API says its quota is spent: pause as for a 429.
                     a.retry_after = quota_spent(resp.headers());
@@ -438,6 +442,10 @@ impl Executor {
                     408 | 500..=599 => Verdict::Retry,
                     _ => Verdict::Final,
                 };
+                let location = status
+                    .is_redirection()
+                    .then(|| resp_location.clone())
+                    .flatten();
                 let text: Arc<str> = match String::from_utf8(body.bytes) {
                     Ok(t) => Arc::from(t),
                     Err(e) => Arc::from(String::from_utf8_lossy(e.as_bytes()).into_owned()),
@@ -454,6 +462,13 @@ impl Executor {
                                 .to_owned(),
                         );
                     }
+                } else if status.is_redirection() {
+                    notes.push(format!(
+                        "HTTP {} {}: the API redirected to {}; convoy never follows a redirect with a write, so nothing was sent there. Check the base URL",
+                        status.as_u16(),
+                        status.canonical_reason().unwrap_or(""),
+                        location.as_deref().unwrap_or("(no Location header)")
+                    ));
                 } else {
                     notes.push(error_text(status, &text));
                 }

@@ -103,6 +103,8 @@ pub enum Scripted {
     Slow(Duration),
     /// Apply the edit and answer 200 with this body instead of the snapshot.
     Body(String),
+    /// Answer this 3xx status with this `Location`; nothing applied.
+    Redirect { status: u16, location: String },
 }
 
 struct Limiter {
@@ -589,6 +591,14 @@ impl State {
                     retry_after.and_then(|v| hyper::header::HeaderValue::from_str(&v).ok())
                 {
                     r.headers_mut().insert(hyper::header::RETRY_AFTER, ra);
+                }
+                return (Ok(r), latency);
+            }
+            Some(Scripted::Redirect { status, location }) => {
+                let mut r = Response::new(Full::new(Bytes::new()));
+                *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
+                if let Ok(v) = hyper::header::HeaderValue::from_str(&location) {
+                    r.headers_mut().insert(hyper::header::LOCATION, v);
                 }
                 return (Ok(r), latency);
             }

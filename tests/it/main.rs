@@ -12,6 +12,7 @@
 mod common;
 mod hardening;
 mod props;
+mod regressions;
 mod report;
 mod resume;
 mod run;
