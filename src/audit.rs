@@ -23,7 +23,25 @@ pub fn now() -> String {
 #[derive(Clone, Debug)]
 pub struct Db {
     pub pool: SqlitePool,
+    /// The database file: batch locks live beside it.
+    path: std::path::PathBuf,
 }
+
+/// A batch claimed by this process: while it is held, no other convoy
+/// process can run, resume or apply the batch. It is an OS file lock
+/// (`flock`), so the kernel drops it when the process ends however it
+/// ends: a crashed run never leaves a stale claim behind.
+#[derive(Debug)]
+pub struct BatchLock {
+    _file: std::fs::File,
+}
+
+/// Another process holds the batch.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "batch {0:?} is being sent by another convoy process right now; wait for it to finish (or stop it), then try again"
+)]
+pub struct BatchBusy(pub String);
 
 impl Db {
     pub async fn open(path: &Path) -> anyhow::Result<Db> {
@@ -53,7 +71,50 @@ impl Db {
             .run(&pool)
             .await
             .with_context(|| format!("cannot migrate the audit database {}", path.display()))?;
-        Ok(Db { pool })
+        Ok(Db {
+            pool,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The lock file of `batch_id`: `<db>.locks/<hash>.lock`, the hash of
+    /// the name so that any name makes a valid file name.
+    fn lock_path(&self, batch_id: &str) -> std::path::PathBuf {
+        // FNV-1a: stable across versions and platforms (std's hasher is not).
+        let hash = batch_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let mut dir = self.path.clone().into_os_string();
+        dir.push(".locks");
+        std::path::PathBuf::from(dir).join(format!("{hash:016x}.lock"))
+    }
+
+    /// Claims `batch_id` for this process, or says who has it.
+    pub fn lock_batch(&self, batch_id: &str) -> anyhow::Result<Result<BatchLock, BatchBusy>> {
+        let path = self.lock_path(batch_id);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the lock directory {}", dir.display()))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open the batch lock {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Ok(BatchLock { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(Err(BatchBusy(batch_id.to_owned()))),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        }
+    }
+
+    /// Whether some process holds `batch_id` now (a probe: taken and let go).
+    pub fn batch_is_held(&self, batch_id: &str) -> bool {
+        self.lock_path(batch_id).exists()
+            && matches!(self.lock_batch(batch_id), Ok(Err(BatchBusy(_))))
     }
 }
 

@@ -678,16 +678,6 @@ pub async fn load(db: &Db, id: &str) -> anyhow::Result<Option<Recorded>> {
     }))
 }
 
-/// Whether the process that last ran a batch is still alive (Linux: /proc).
-pub fn process_alive(pid: Option<i64>) -> bool {
-    match pid {
-        Some(pid) if pid != i64::from(std::process::id()) => {
-            std::path::Path::new(&format!("/proc/{pid}")).exists()
-        }
-        _ => false,
-    }
-}
-
 /// Starts a new pass of a recorded batch: `running`, this process, the new options.
 pub async fn begin_pass(db: &Db, id: &str, options: &Options) -> anyhow::Result<i64> {
     let (pass,): (i64,) = sqlx::query_as(

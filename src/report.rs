@@ -3,7 +3,7 @@
 //! failed rows exported as CSV in the source's own format.
 
 use crate::audit::Db;
-use crate::batch::{Tally, process_alive};
+use crate::batch::Tally;
 use serde::Serialize;
 use std::collections::HashMap;
 
@@ -35,10 +35,9 @@ pub async fn batches(db: &Db, only: Option<&str>) -> anyhow::Result<Vec<BatchLin
         created_at: String,
         finished_at: Option<String>,
         send_seconds: f64,
-        pid: Option<i64>,
     }
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT id, status, created_at, finished_at, send_seconds, pid FROM batches \
+        "SELECT id, status, created_at, finished_at, send_seconds FROM batches \
          WHERE ?1 IS NULL OR id = ?1 ORDER BY created_at DESC, id",
     )
     .bind(only)
@@ -78,7 +77,7 @@ pub async fn batches(db: &Db, only: Option<&str>) -> anyhow::Result<Vec<BatchLin
             };
             let answered = (counts.succeeded + counts.failed) as f64;
             BatchLine {
-                stale: r.status == "running" && !process_alive(r.pid),
+                stale: r.status == "running" && !db.batch_is_held(&r.id),
                 rate_per_second: if r.send_seconds > 0.0 {
                     answered / r.send_seconds
                 } else {

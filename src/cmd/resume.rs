@@ -38,13 +38,15 @@ pub async fn run(g: &Global, a: ResumeArgs) -> anyhow::Result<ExitCode> {
             g.db.display()
         )));
     };
-    if rec.status == "running" && batch::process_alive(rec.pid) {
-        return Ok(usage(format_args!(
-            "batch {} is running in process {}; wait for it, or stop it first",
-            rec.id,
-            rec.pid.unwrap_or_default()
-        )));
-    }
+    // Held until this process ends: no other process can send the batch meanwhile.
+    let _claim = match db.lock_batch(&rec.id)? {
+        Ok(lock) => lock,
+        Err(busy) => return Ok(usage(busy)),
+    };
+    // Read again under the claim: another process may have just finished a pass.
+    let Some(rec) = batch::load(&db, &a.batch).await? else {
+        return Ok(usage(format_args!("batch {:?} is gone", a.batch)));
+    };
     let options = match Options::resolve(&a.exec, &a.input, Some(&rec.options)) {
         Ok(o) => o,
         Err(e) => return Ok(usage(e)),

@@ -71,6 +71,11 @@ pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<ExitCode> {
             chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
         )
     });
+    // Held until this process ends: a `resume` of this batch meanwhile refuses.
+    let _claim = match db.lock_batch(&name)? {
+        Ok(lock) => lock,
+        Err(busy) => return Ok(usage(busy)),
+    };
     if !batch::create(&db, &name, &source, &reader.columns.names, &options).await? {
         return Ok(usage(format_args!(
             "batch {name:?} already exists in {}; to continue it: convoy resume {name}",

@@ -47,3 +47,79 @@ async fn a_redirect_is_never_followed_and_the_row_fails_naming_location() {
         assert!(error.contains(&format!("elsewhere-{i}")), "{error}");
     }
 }
+
+/// A batch whose Attention rows were left `pending` by a rejected key.
+async fn stopped_batch(w: &Work, sb: &convoy::sandbox::Sandbox, rows: usize) {
+    let rows: Vec<String> = (0..rows)
+        .map(|i| format!("attention.archive,c{i}"))
+        .collect();
+    w.write("s.csv", &csv("op,conversation_id", &rows));
+    let out = w
+        .convoy(Some(sb))
+        .env("ATTENTION_API_KEY", "wrong")
+        .args(["run", "s.csv", "--batch", "night"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+}
+
+/// Two `resume`s of one batch started at once both sent (up to 401 rows
+/// applied twice): the claim was a racy `/proc` check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_resumes_at_once_never_both_send() {
+    for _ in 0..3 {
+        let sb = plain_sandbox().await;
+        let w = Work::new();
+        stopped_batch(&w, &sb, 300).await;
+        let (a, b) = tokio::join!(
+            w.run(Some(&sb), &["resume", "night"]),
+            w.run(Some(&sb), &["resume", "night"])
+        );
+        let mut codes = [a.code(), b.code()];
+        codes.sort();
+        // Either one refused while the other sent, or the second found nothing left.
+        assert!(
+            codes == [0, 0] || codes == [0, 2],
+            "{codes:?}\n{}{}{}{}",
+            a.stdout(),
+            a.stderr(),
+            b.stdout(),
+            b.stderr()
+        );
+        for loser in [&a, &b].into_iter().filter(|o| o.code() == 2) {
+            assert!(
+                loser.stderr().contains("another convoy process"),
+                "{}",
+                loser.stderr()
+            );
+        }
+        let mut sent = std::collections::HashMap::new();
+        for r in sb.requests().iter().filter(|r| r.status == 200) {
+            *sent.entry(r.path.clone()).or_insert(0) += 1;
+        }
+        assert_eq!(sent.len(), 300, "a row was never sent");
+        assert!(sent.values().all(|n| *n == 1), "a row was sent twice");
+    }
+}
+
+/// While another process holds a batch, `resume` refuses and sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_batch_is_refused_by_a_second_process() {
+    let sb = plain_sandbox().await;
+    let w = Work::new();
+    stopped_batch(&w, &sb, 5).await;
+    let before = sb.requests().len();
+    let db = convoy::audit::Db::open(&w.db).await.unwrap();
+    let claim = db.lock_batch("night").unwrap().expect("free");
+    let out = w.run(Some(&sb), &["resume", "night"]).await;
+    out.expect(2);
+    assert!(
+        out.stderr().contains("another convoy process"),
+        "{}",
+        out.stderr()
+    );
+    assert_eq!(sb.requests().len(), before, "the second process sent");
+    drop(claim);
+    w.run(Some(&sb), &["resume", "night"]).await.expect(0);
+}
