@@ -140,9 +140,26 @@ pub enum RowStatus {
     Succeeded,
     Failed,
     Invalid,
+    /// Not sent: a later edit of the same conversation already succeeded.
+    Held,
+    /// Not sent: judged to change nothing.
+    Skipped,
 }
 
+/// The rows a pass still sends: `audit.status IN SENDABLE`.
+pub const SENDABLE: &str = "('pending', 'in_flight', 'failed')";
+
 impl RowStatus {
+    pub const ALL: [RowStatus; 7] = [
+        RowStatus::Pending,
+        RowStatus::InFlight,
+        RowStatus::Succeeded,
+        RowStatus::Failed,
+        RowStatus::Invalid,
+        RowStatus::Held,
+        RowStatus::Skipped,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RowStatus::Pending => "pending",
@@ -150,7 +167,13 @@ impl RowStatus {
             RowStatus::Succeeded => "succeeded",
             RowStatus::Failed => "failed",
             RowStatus::Invalid => "invalid",
+            RowStatus::Held => "held",
+            RowStatus::Skipped => "skipped",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<RowStatus> {
+        RowStatus::ALL.into_iter().find(|r| r.as_str() == s)
     }
 }
 
@@ -293,6 +316,43 @@ async fn find_duplicate(
         seen.insert(r.row_key.clone(), r.row_number);
     }
     anyhow::bail!("a row_id is repeated in the source, but it could not be pinned down")
+}
+
+/// Holds back (`held`) every sendable row of this pass that is older than an
+/// edit of the same conversation that already succeeded, so that a fixed row
+/// never undoes a newer edit. A row is older when it came (itself, or through the
+/// `from_batch`/`from_row` columns of a `convoy failures` export) from an
+/// earlier row of the same batch, or from a batch created before the one
+/// that made the newer edit. Its error names that edit; the next pass
+/// judges it again.
+/// Returns how many rows were held.
+pub async fn hold_older_edits(db: &Db, batch_id: &str, pass: i64) -> anyhow::Result<u64> {
+    let held = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "WITH origin AS ( \
+           SELECT a.rowid AS id, a.api, a.conversation_id, \
+                  COALESCE(a.source_row ->> 'from_batch', a.batch_id) AS batch, \
+                  COALESCE(CAST(a.source_row ->> 'from_row' AS INTEGER), a.row_number) AS row_number \
+           FROM audit a WHERE a.batch_id = ?1 AND a.pass = ?2 \
+             AND a.status IN {SENDABLE} AND a.conversation_id IS NOT NULL), \
+         held AS ( \
+           SELECT o.id, (SELECT 'batch ' || n.batch_id || ', row ' || n.row_number FROM audit n \
+                  JOIN batches nb ON nb.id = n.batch_id \
+                  WHERE n.conversation_id = o.conversation_id AND n.api = o.api AND n.status = 'succeeded' \
+                    AND ((n.batch_id = o.batch AND n.row_number > o.row_number) \
+                         OR nb.created_at > (SELECT created_at FROM batches WHERE id = o.batch)) \
+                  ORDER BY nb.created_at DESC, n.row_number DESC LIMIT 1) AS newer \
+           FROM origin o) \
+         UPDATE audit SET status = 'held', http_status = NULL, finished_at = ?3, \
+           error = 'held: a later edit of this conversation already succeeded (' || held.newer || \
+                   '); sending this older one would undo it. --send-older-edits sends it anyway' \
+         FROM held WHERE audit.rowid = held.id AND held.newer IS NOT NULL"
+    )))
+    .bind(batch_id)
+    .bind(pass)
+    .bind(now())
+    .execute(&db.pool)
+    .await?;
+    Ok(held.rows_affected())
 }
 
 /// One HTTP attempt, for the `attempts` table.

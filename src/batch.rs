@@ -37,6 +37,9 @@ pub struct Options {
     pub op: Option<String>,
     pub strict: bool,
     pub sandbox: bool,
+    /// This pass sends rows older than a succeeded edit of their conversation.
+    #[serde(default)]
+    pub send_older_edits: bool,
 }
 
 /// A usage or configuration problem: exit 2, nothing sent.
@@ -92,6 +95,8 @@ impl Options {
                 .or(recorded.and_then(|r| r.op.clone())),
             strict: input.strict || recorded.is_some_and(|r| r.strict),
             sandbox: exec.sandbox || recorded.is_some_and(|r| r.sandbox),
+            // Never inherited: each pass says it again.
+            send_older_edits: input.send_older_edits,
         };
         o.check()?;
         Ok(o)
@@ -470,11 +475,12 @@ async fn feed(db: Db, batch_id: String, pass: i64, tx: mpsc::Sender<Job>) -> any
     const PAGE: i64 = 1000;
     let (mut after_number, mut after_id) = (i64::MIN, i64::MIN);
     loop {
-        let rows = sqlx::query(
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT rowid, row_key, row_number, api, method, url, request_body, conversation_id, attempts \
-             FROM audit WHERE batch_id = ?1 AND pass = ?2 AND status IN ('pending', 'in_flight', 'failed') \
+             FROM audit WHERE batch_id = ?1 AND pass = ?2 AND status IN {} \
              AND (row_number, rowid) > (?3, ?4) ORDER BY row_number, rowid LIMIT ?5",
-        )
+            audit::SENDABLE
+        )))
         .bind(&batch_id)
         .bind(pass)
         .bind(after_number)
@@ -603,18 +609,34 @@ pub struct Tally {
     pub succeeded: u64,
     pub failed: u64,
     pub invalid: u64,
+    pub held: u64,
+    pub skipped: u64,
 }
 
 impl Tally {
-    pub fn add(&mut self, status: &str, n: u64) {
+    pub fn add(&mut self, status: RowStatus, n: u64) {
         self.rows += n;
-        match status {
-            "pending" => self.pending += n,
-            "in_flight" => self.in_flight += n,
-            "succeeded" => self.succeeded += n,
-            "failed" => self.failed += n,
-            _ => self.invalid += n,
-        }
+        let count = match status {
+            RowStatus::Pending => &mut self.pending,
+            RowStatus::InFlight => &mut self.in_flight,
+            RowStatus::Succeeded => &mut self.succeeded,
+            RowStatus::Failed => &mut self.failed,
+            RowStatus::Invalid => &mut self.invalid,
+            RowStatus::Held => &mut self.held,
+            RowStatus::Skipped => &mut self.skipped,
+        };
+        *count += n;
+    }
+
+    /// Adds `n` rows of a status read from the database.
+    pub fn add_text(&mut self, status: &str, n: u64) {
+        // The schema's CHECK admits no other status.
+        self.add(RowStatus::parse(status).unwrap_or(RowStatus::Invalid), n);
+    }
+
+    /// Rows that did not end as the user wanted: failed, invalid, held or still to send.
+    pub fn unfinished(&self) -> u64 {
+        self.failed + self.invalid + self.held + self.pending + self.in_flight
     }
 }
 
@@ -626,7 +648,7 @@ pub async fn tally(db: &Db, id: &str) -> anyhow::Result<Tally> {
             .await?;
     let mut t = Tally::default();
     for (status, n) in rows {
-        t.add(&status, n as u64);
+        t.add_text(&status, n as u64);
     }
     Ok(t)
 }
@@ -847,7 +869,9 @@ pub async fn reconcile(
 /// For a source that cannot be read again (stdin): every row not yet
 /// succeeded is sent again as recorded.
 pub async fn carry_over(db: &Db, batch_id: &str, pass: i64) -> anyhow::Result<PlanSummary> {
-    sqlx::query("UPDATE audit SET pass = ?2 WHERE batch_id = ?1 AND status IN ('pending', 'in_flight', 'failed')")
+    // Held rows are judged again in this pass.
+    sqlx::query("UPDATE audit SET pass = ?2, status = CASE status WHEN 'held' THEN 'pending' ELSE status END \
+                 WHERE batch_id = ?1 AND status IN ('pending', 'in_flight', 'failed', 'held')")
         .bind(batch_id)
         .bind(pass)
         .execute(&db.pool)

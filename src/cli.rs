@@ -89,6 +89,10 @@ pub struct InputArgs {
     /// Send nothing at all if any row is invalid (exit 3).
     #[arg(long)]
     pub strict: bool,
+
+    /// Send a row even when a later edit of its conversation already succeeded (by default such a row is held, so a fix never undoes a newer edit).
+    #[arg(long)]
+    pub send_older_edits: bool,
 }
 
 fn parse_op(s: &str) -> Result<Op, String> {

@@ -212,9 +212,12 @@ enum Col {
     Tags,
     /// Written by `convoy failures`, ignored on input.
     Ignored,
+    /// Written by `convoy failures`: the batch and row a fixed row came from,
+    /// so that it is never sent after a newer edit of its conversation.
+    Origin,
 }
 
-const KNOWN: [(&str, Col); 15] = [
+const KNOWN: [(&str, Col); 17] = [
     ("row_id", Col::RowId),
     ("op", Col::Op),
     ("conversation_id", Col::ConversationId),
@@ -230,6 +233,8 @@ const KNOWN: [(&str, Col); 15] = [
     ("status", Col::Ignored),
     ("http_status", Col::Ignored),
     ("error", Col::Ignored),
+    ("from_batch", Col::Origin),
+    ("from_row", Col::Origin),
 ];
 
 /// The source's header, understood once: where each known column is.
@@ -403,7 +408,7 @@ impl Columns {
             let Some(kind) = kind else { continue };
             let general = matches!(
                 kind,
-                Col::RowId | Col::Op | Col::ConversationId | Col::Ignored
+                Col::RowId | Col::Op | Col::ConversationId | Col::Ignored | Col::Origin
             );
             if !general && !op.uses(*kind) && cell(row, i).is_some() {
                 return Err(err(

@@ -25,6 +25,7 @@ pub mod cli;
 pub mod cmd;
 pub mod edit;
 pub mod exec;
+pub mod output;
 pub mod pacer;
 pub mod progress;
 pub mod report;

@@ -5,6 +5,10 @@ use std::process::ExitCode;
 async fn main() -> ExitCode {
     let cli = convoy::cli::Cli::parse();
     match convoy::cli::dispatch(cli).await {
+        // A report that could not be written is a failed command.
+        Ok(code) if convoy::output::failed() && code == ExitCode::SUCCESS => {
+            ExitCode::from(convoy::cmd::exit::USAGE)
+        }
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -58,7 +58,10 @@ pub async fn batches(db: &Db, only: Option<&str>) -> anyhow::Result<Vec<BatchLin
     };
     let mut tallies: HashMap<String, Tally> = HashMap::new();
     for (batch, status, n) in counts {
-        tallies.entry(batch).or_default().add(&status, n as u64);
+        tallies
+            .entry(batch)
+            .or_default()
+            .add_text(&status, n as u64);
     }
     let now = chrono::Utc::now();
     Ok(rows
@@ -184,10 +187,10 @@ pub async fn detail(db: &Db, id: &str) -> anyhow::Result<Option<Detail>> {
     let mut by_op: Vec<OpLine> = Vec::new();
     for (api, op, status, n) in ops {
         match by_op.last_mut() {
-            Some(l) if l.api == api && l.op == op => l.counts.add(&status, n as u64),
+            Some(l) if l.api == api && l.op == op => l.counts.add_text(&status, n as u64),
             _ => {
                 let mut counts = Tally::default();
-                counts.add(&status, n as u64);
+                counts.add_text(&status, n as u64);
                 by_op.push(OpLine { api, op, counts });
             }
         }
@@ -238,6 +241,7 @@ pub async fn detail(db: &Db, id: &str) -> anyhow::Result<Option<Detail>> {
 #[derive(sqlx::FromRow)]
 struct Unfinished {
     row_key: String,
+    row_number: i64,
     status: String,
     api: Option<String>,
     http_status: Option<i64>,
@@ -248,7 +252,7 @@ struct Unfinished {
 /// The batch's rows with one of `statuses`, in source order.
 async fn unfinished(db: &Db, id: &str, statuses: &'static str) -> anyhow::Result<Vec<Unfinished>> {
     let sql = format!(
-        "SELECT row_key, status, api, http_status, error, source_row FROM audit \
+        "SELECT row_key, row_number, status, api, http_status, error, source_row FROM audit \
          WHERE batch_id = ?1 AND status IN {statuses} ORDER BY row_number"
     );
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -259,7 +263,7 @@ async fn unfinished(db: &Db, id: &str, statuses: &'static str) -> anyhow::Result
 
 /// The batch's failed and invalid rows, grouped; largest first.
 pub async fn clusters(db: &Db, id: &str) -> anyhow::Result<Vec<Cluster>> {
-    let rows = unfinished(db, id, "('failed', 'invalid')").await?;
+    let rows = unfinished(db, id, "('failed', 'invalid', 'held')").await?;
     let mut groups: Vec<Cluster> = Vec::new();
     let mut index: HashMap<(String, Option<String>, Option<i64>, String), usize> = HashMap::new();
     for Unfinished {
@@ -334,6 +338,10 @@ pub fn mask(error: &str) -> String {
     out
 }
 
+/// The columns an export adds after the source's own: why the row is there,
+/// and where it came from (`run` uses those two to keep edits in order).
+const EXPORT_ONLY: [&str; 5] = ["status", "http_status", "error", "from_batch", "from_row"];
+
 /// Writes the batch's failed, invalid and not-yet-sent rows (all of one
 /// cluster with `cluster`) as CSV: the source's columns as it had them, then
 /// `status`, `http_status`, `error`. Returns the number of rows written.
@@ -350,19 +358,20 @@ pub async fn export_failures(
     let columns: Vec<String> = serde_json::from_str(&columns)?;
     let columns: Vec<String> = columns
         .into_iter()
-        .filter(|c| !matches!(c.as_str(), "status" | "http_status" | "error"))
+        .filter(|c| !EXPORT_ONLY.contains(&c.as_str()))
         .collect();
     let mut w = csv::Writer::from_writer(out);
     let mut header = columns.clone();
-    header.extend(["status", "http_status", "error"].map(String::from));
+    header.extend(EXPORT_ONLY.map(String::from));
     w.write_record(&header)?;
     let statuses = match cluster {
-        Some(_) => "('failed', 'invalid')",
-        None => "('failed', 'invalid', 'pending', 'in_flight')",
+        Some(_) => "('failed', 'invalid', 'held')",
+        None => "('failed', 'invalid', 'held', 'pending', 'in_flight')",
     };
     let rows = unfinished(db, id, statuses).await?;
     let mut n = 0;
     for Unfinished {
+        row_number,
         status,
         api,
         http_status,
@@ -396,6 +405,10 @@ pub async fn export_failures(
         record.push(status);
         record.push(http_status.map(|s| s.to_string()).unwrap_or_default());
         record.push(error.unwrap_or_default());
+        // Where the row first came from (kept through an export of an export).
+        let origin = |k: &str| cells.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+        record.push(origin("from_batch").unwrap_or_else(|| id.to_owned()));
+        record.push(origin("from_row").unwrap_or_else(|| row_number.to_string()));
         w.write_record(&record)?;
         n += 1;
     }

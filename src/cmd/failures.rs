@@ -67,8 +67,7 @@ pub async fn run(g: &Global, a: FailuresArgs) -> anyhow::Result<ExitCode> {
             eprintln!("wrote {n} row(s) to {}", path.display());
         }
         None => {
-            report::export_failures(&db, &a.batch, cluster.as_ref(), std::io::stdout().lock())
-                .await?;
+            report::export_failures(&db, &a.batch, cluster.as_ref(), crate::output::Stdout).await?;
         }
     }
     Ok(ExitCode::SUCCESS)

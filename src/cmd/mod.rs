@@ -79,6 +79,7 @@ pub async fn send_phase(
     b: &Batch<'_>,
     plan: &PlanSummary,
     on_sandbox: bool,
+    check_order: bool,
 ) -> anyhow::Result<ExitCode> {
     let Batch {
         db,
@@ -87,9 +88,15 @@ pub async fn send_phase(
         options,
         endpoints,
     } = *b;
-    let to_send: u64 = sqlx::query_scalar(
-        "SELECT count(*) FROM audit WHERE batch_id = ?1 AND pass = ?2 AND status IN ('pending','in_flight','failed')",
-    )
+    let held = if check_order && !options.send_older_edits {
+        crate::audit::hold_older_edits(db, batch_id, pass).await?
+    } else {
+        0
+    };
+    let to_send: u64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM audit WHERE batch_id = ?1 AND pass = ?2 AND status IN {}",
+        crate::audit::SENDABLE
+    )))
     .bind(batch_id)
     .bind(pass)
     .fetch_one(&db.pool)
@@ -128,8 +135,8 @@ pub async fn send_phase(
         .counters
         .done
         .load(std::sync::atomic::Ordering::Relaxed);
-    println!(
-        "batch {batch_id} {status} in {}{}: {} rows, {} succeeded, {} failed, {} invalid, {} pending ({:.1} rows/s this run)",
+    crate::outln!(
+        "batch {batch_id} {status} in {}{}: {} rows, {} succeeded, {} failed, {} invalid, {}{} pending ({:.1} rows/s this run)",
         crate::cli::show_duration(report.elapsed),
         if on_sandbox {
             " against the sandbox"
@@ -140,24 +147,36 @@ pub async fn send_phase(
         tally.succeeded,
         tally.failed,
         tally.invalid,
+        if tally.held > 0 {
+            format!("{} held, ", tally.held)
+        } else {
+            String::new()
+        },
         tally.pending + tally.in_flight,
         sent as f64 / secs.max(0.001),
     );
     for stop in &report.stops {
-        println!(
+        crate::outln!(
             "stopped the {} API after HTTP {}: its key was rejected; {} row(s) left pending. Fix the key, then `convoy resume {batch_id}`",
-            stop.api, stop.http_status, tally.pending
+            stop.api,
+            stop.http_status,
+            tally.pending
+        );
+    }
+    if held > 0 {
+        crate::outln!(
+            "held {held} row(s): a later edit of the same conversation already succeeded, so sending them would undo it; `convoy resume {batch_id} --send-older-edits` sends them anyway"
         );
     }
     if report.interrupted {
-        println!("interrupted: `convoy resume {batch_id}` sends the rest");
+        crate::outln!("interrupted: `convoy resume {batch_id}` sends the rest");
         return Ok(ExitCode::from(exit::INTERRUPTED));
     }
     if !report.stops.is_empty() {
         return Ok(ExitCode::from(exit::STOPPED));
     }
-    if tally.failed + tally.invalid + tally.pending + tally.in_flight > 0 {
-        println!(
+    if tally.unfinished() > 0 {
+        crate::outln!(
             "next: `convoy failures {batch_id} --output fix.csv` to fix them, or `convoy status {batch_id}`"
         );
         return Ok(ExitCode::from(exit::ROWS_FAILED));

@@ -139,5 +139,5 @@ pub async fn run(g: &Global, a: ResumeArgs) -> anyhow::Result<ExitCode> {
         options: &options,
         endpoints: &endpoints,
     };
-    send_phase(g, &b, &plan, sandbox.is_some()).await
+    send_phase(g, &b, &plan, sandbox.is_some(), true).await
 }

@@ -82,6 +82,7 @@ pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<ExitCode> {
             g.db.display()
         )));
     }
+    let columns = reader.columns.names.clone();
     let progress = Progress::planning(g.quiet);
     let planned = batch::plan(&db, &name, reader, &endpoints, &progress).await;
     progress.finish();
@@ -103,7 +104,9 @@ pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<ExitCode> {
         options: &options,
         endpoints: &endpoints,
     };
-    send_phase(g, &b, &plan, sandbox.is_some()).await
+    // Rows from a `convoy failures` export must not undo newer edits.
+    let from_export = columns.iter().any(|c| c == "from_batch");
+    send_phase(g, &b, &plan, sandbox.is_some(), from_export).await
 }
 
 /// `--dry-run`: every row validated and its call printed; no database, no network.
@@ -111,7 +114,7 @@ async fn dry_run(mut reader: source::Reader, endpoints: &Endpoints) -> anyhow::R
     let mut keys = HashSet::new();
     let (mut calls, mut invalid) = (0u64, 0u64);
     let progress = Progress::none();
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut out = std::io::BufWriter::new(crate::output::Stdout);
     while let Some(row) = reader.rows.recv().await {
         let row = match row {
             Ok(r) => r,

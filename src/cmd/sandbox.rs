@@ -105,12 +105,12 @@ pub async fn run(a: SandboxArgs) -> anyhow::Result<ExitCode> {
         record: !a.no_log,
     };
     let sb = Sandbox::start(config.clone(), a.listen).await?;
-    println!("convoy sandbox listening on http://{}", sb.addr);
-    println!("  export ATTENTION_BASE_URL={}", sb.attention_url());
-    println!("  export VG_BASE_URL={}", sb.vg_url());
-    println!("  export ATTENTION_API_KEY={}", config.attention_key);
-    println!("  export VG_API_TOKEN={}", config.vg_token);
-    println!("(sandbox credentials, not secrets; Ctrl-C stops it)");
+    crate::outln!("convoy sandbox listening on http://{}", sb.addr);
+    crate::outln!("  export ATTENTION_BASE_URL={}", sb.attention_url());
+    crate::outln!("  export VG_BASE_URL={}", sb.vg_url());
+    crate::outln!("  export ATTENTION_API_KEY={}", config.attention_key);
+    crate::outln!("  export VG_API_TOKEN={}", config.vg_token);
+    crate::outln!("(sandbox credentials, not secrets; Ctrl-C stops it)");
     tokio::signal::ctrl_c().await?;
     Ok(ExitCode::SUCCESS)
 }

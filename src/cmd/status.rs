@@ -31,7 +31,7 @@ pub async fn run(g: &Global, a: StatusArgs) -> anyhow::Result<ExitCode> {
         None => {
             let lines = report::batches(&db, None).await?;
             if a.json {
-                println!(
+                crate::outln!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({ "batches": lines }))?
                 );
@@ -47,7 +47,7 @@ pub async fn run(g: &Global, a: StatusArgs) -> anyhow::Result<ExitCode> {
                 )));
             };
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&d)?);
+                crate::outln!("{}", serde_json::to_string_pretty(&d)?);
             } else {
                 print_detail(&d);
             }
@@ -66,7 +66,7 @@ fn status_word(l: &BatchLine) -> String {
 
 fn print_list(lines: &[BatchLine]) {
     if lines.is_empty() {
-        println!("no batches yet");
+        crate::outln!("no batches yet");
         return;
     }
     let header = [
@@ -117,14 +117,14 @@ fn print_list(lines: &[BatchLine]) {
                 }
             })
             .collect();
-        println!("{}", parts.join("  ").trim_end());
+        crate::outln!("{}", parts.join("  ").trim_end());
     };
     line(&header.map(String::from));
     for r in &rows {
         line(r);
     }
     if lines.iter().any(|l| l.stale) {
-        println!(
+        crate::outln!(
             "running? = recorded as running but its process is gone (a crash): `convoy resume NAME` finishes it"
         );
     }
@@ -133,9 +133,9 @@ fn print_list(lines: &[BatchLine]) {
 fn print_detail(d: &report::Detail) {
     let l = &d.line;
     let c = &l.counts;
-    println!("batch {} ({})", l.batch, status_word(l));
-    println!("  source     {}", d.source);
-    println!(
+    crate::outln!("batch {} ({})", l.batch, status_word(l));
+    crate::outln!("  source     {}", d.source);
+    crate::outln!(
         "  started    {}{}",
         l.created_at,
         l.finished_at
@@ -143,13 +143,13 @@ fn print_detail(d: &report::Detail) {
             .map(|f| format!(", finished {f}"))
             .unwrap_or_default()
     );
-    println!(
+    crate::outln!(
         "  duration   {}, of which sending {} over {} pass(es)",
         show_duration(Duration::from_secs_f64(l.duration_seconds)),
         show_duration(Duration::from_secs_f64(l.send_seconds)),
         d.passes
     );
-    println!(
+    crate::outln!(
         "  rows       {}: {} succeeded, {} failed, {} invalid, {} pending{}",
         c.rows,
         c.succeeded,
@@ -162,11 +162,11 @@ fn print_detail(d: &report::Detail) {
             String::new()
         }
     );
-    println!("  rate       {:.1} rows/s while sending", l.rate_per_second);
-    println!("  by op");
+    crate::outln!("  rate       {:.1} rows/s while sending", l.rate_per_second);
+    crate::outln!("  by op");
     for o in &d.by_op {
         let c = &o.counts;
-        println!(
+        crate::outln!(
             "    {:<22} {:>7} rows: {} succeeded, {} failed, {} invalid, {} pending",
             o.op.as_deref().unwrap_or("(unknown op)"),
             c.rows,
@@ -183,7 +183,7 @@ fn print_detail(d: &report::Detail) {
         .map(|(s, n)| format!("{s} x{n}"))
         .collect();
     let by_api: Vec<String> = a.by_api.iter().map(|(s, n)| format!("{s} {n}")).collect();
-    println!(
+    crate::outln!(
         "  attempts   {} ({} retries){}{}",
         a.total,
         a.retries,
@@ -199,14 +199,14 @@ fn print_detail(d: &report::Detail) {
         }
     );
     if d.clusters.is_empty() {
-        println!("  failures   none");
+        crate::outln!("  failures   none");
     } else {
-        println!(
+        crate::outln!(
             "  failures   largest first; `convoy failures {} --cluster N` exports one",
             l.batch
         );
         for k in &d.clusters {
-            println!(
+            crate::outln!(
                 "    #{:<3} {:>6} x {} {}{}: {}",
                 k.cluster,
                 k.count,
@@ -217,13 +217,16 @@ fn print_detail(d: &report::Detail) {
                     .unwrap_or_default(),
                 k.error
             );
-            println!("           e.g. row {}: {}", k.example_row, k.example_error);
+            crate::outln!("           e.g. row {}: {}", k.example_row, k.example_error);
         }
     }
     for r in &d.learned_rates {
-        println!(
+        crate::outln!(
             "  learned    {} {:.1}/s at {} ({})",
-            r.api, r.rate_per_sec, r.base_url, r.updated_at
+            r.api,
+            r.rate_per_sec,
+            r.base_url,
+            r.updated_at
         );
     }
 }

@@ -123,3 +123,138 @@ async fn a_claimed_batch_is_refused_by_a_second_process() {
     drop(claim);
     w.run(Some(&sb), &["resume", "night"]).await.expect(0);
 }
+
+/// Row 1 (conversation X, invalid) fixed in the source and resumed was sent
+/// after row 2 (X, title B) had succeeded: X ended with row 1's title.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_row_never_undoes_a_newer_edit_of_its_conversation() {
+    let sb = plain_sandbox().await;
+    let w = Work::new();
+    let header = "row_id,op,conversation_id,title,labels";
+    let broken = "r1,attention.update,X,A,{not json";
+    let newer = "r2,attention.update,X,B,";
+    w.write("n.csv", &csv(header, &[broken.into(), newer.into()]));
+    w.run(Some(&sb), &["run", "n.csv", "--batch", "night"])
+        .await
+        .expect(1);
+    let title =
+        |sb: &convoy::sandbox::Sandbox| sb.attention_conversation("X").unwrap()["title"].clone();
+    assert_eq!(title(&sb), "B");
+
+    // The fix, resumed: held, not sent; the newer title stays.
+    w.write(
+        "n.csv",
+        &csv(header, &["r1,attention.update,X,A,".into(), newer.into()]),
+    );
+    let out = w.run(Some(&sb), &["resume", "night"]).await;
+    out.expect(1);
+    assert!(out.stdout().contains("held 1 row(s)"), "{}", out.stdout());
+    assert_eq!(title(&sb), "B", "an older edit undid a newer one");
+    let (status, error): (String, String) =
+        sqlx::query_as("SELECT status, error FROM audit WHERE row_key = 'r1'")
+            .fetch_one(&w.db().await)
+            .await
+            .unwrap();
+    assert_eq!(status, "held");
+    assert!(
+        error.starts_with("held: ") && error.contains("batch night, row 2"),
+        "{error}"
+    );
+
+    // The same fix through `convoy failures` run as a new batch: held too.
+    let export = w.run(None, &["failures", "night"]).await;
+    export.expect(0);
+    let fixed = export.stdout().replace("{not json", "");
+    assert!(fixed.contains("from_batch"), "{fixed}");
+    w.write("fix.csv", &fixed);
+    let out = w
+        .run(Some(&sb), &["run", "fix.csv", "--batch", "fix"])
+        .await;
+    out.expect(1);
+    assert!(out.stdout().contains("held 1 row(s)"), "{}", out.stdout());
+    assert_eq!(title(&sb), "B");
+
+    // Told to, it is sent.
+    w.run(Some(&sb), &["resume", "night", "--send-older-edits"])
+        .await
+        .expect(0);
+    assert_eq!(title(&sb), "A");
+}
+
+/// Runs `convoy ARGS` with its stdout on `out` (a closed pipe, /dev/full).
+async fn with_stdout(w: &Work, args: &[&str], out: std::process::Stdio) -> Out {
+    let o = w
+        .convoy(None)
+        .args(args)
+        .stdout(out)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
+    Out(o)
+}
+
+fn closed_pipe() -> std::process::Stdio {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader); // every write now fails with EPIPE
+    writer.into()
+}
+
+/// `status | head -1`, `status NAME --json | head -1`, `failures | head -1`
+/// and `--dry-run | head -3` panicked (exit 101) or said "error: Broken pipe".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_ends_quietly_and_a_full_one_is_an_error() {
+    let w = Work::new();
+    w.write(
+        "n.csv",
+        "op,conversation_id\nattention.archive,c1\nattention.nope,c2\n",
+    );
+    for i in 0..3 {
+        w.run(
+            None,
+            &["run", "n.csv", "--sandbox", "--batch", &format!("b{i}")],
+        )
+        .await
+        .expect(1);
+    }
+    for args in [
+        vec!["status"],
+        vec!["status", "b0", "--json"],
+        vec!["status", "b0"],
+        vec!["failures", "b0"],
+        vec!["run", "n.csv", "--dry-run"],
+    ] {
+        let out = with_stdout(&w, &args, closed_pipe()).await;
+        assert!(
+            matches!(out.code(), 0 | 1)
+                && !out.stderr().contains("panicked")
+                && !out.stderr().contains("Broken pipe"),
+            "{args:?} on a closed pipe: exit {}\n{}",
+            out.code(),
+            out.stderr()
+        );
+    }
+    // A run whose summary meets a closed pipe still records and exits as the batch did.
+    let out = with_stdout(
+        &w,
+        &["run", "n.csv", "--sandbox", "--batch", "piped"],
+        closed_pipe(),
+    )
+    .await;
+    assert_eq!(out.code(), 1, "{}", out.stderr());
+    for args in [vec!["status"], vec!["failures", "b0"]] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = with_stdout(&w, &args, full.into()).await;
+        assert_eq!(out.code(), 2, "{args:?} to /dev/full: {}", out.stderr());
+        assert!(
+            out.stderr().contains("No space left on device"),
+            "{}",
+            out.stderr()
+        );
+    }
+}

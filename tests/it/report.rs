@@ -217,7 +217,9 @@ async fn failures_round_trip_runs_exactly_those_rows_again() {
     let mut lines = exported.lines();
     assert_eq!(
         lines.next(),
-        Some("row_id,op,conversation_id,title,label.stage,status,http_status,error")
+        Some(
+            "row_id,op,conversation_id,title,label.stage,status,http_status,error,from_batch,from_row"
+        )
     );
     let rest: Vec<&str> = lines.collect();
     assert_eq!(rest.len(), 2, "{exported}");

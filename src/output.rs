@@ -1,0 +1,62 @@
+//! Standard output for results (summaries, reports, exports, `--dry-run`).
+//! A closed pipe (`convoy status | head -1`) ends the output quietly and the
+//! command carries on to its own exit code; any other failure (a full disk)
+//! is said once on stderr and makes [`failed`] true. Never a panic, which is
+//! what `println!` does on both.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+static CLOSED: AtomicBool = AtomicBool::new(false);
+static FAILED: AtomicBool = AtomicBool::new(false);
+
+/// Whether writing to stdout failed for a reason other than a closed pipe.
+pub fn failed() -> bool {
+    FAILED.load(Relaxed)
+}
+
+/// Stdout as a writer that never fails: see the module doc.
+pub struct Stdout;
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !(CLOSED.load(Relaxed) || FAILED.load(Relaxed)) {
+            let result = std::io::stdout().lock().write_all(buf);
+            note(result);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !(CLOSED.load(Relaxed) || FAILED.load(Relaxed)) {
+            note(std::io::stdout().lock().flush());
+        }
+        Ok(())
+    }
+}
+
+fn note(result: std::io::Result<()>) {
+    match result {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => CLOSED.store(true, Relaxed),
+        Err(e) => {
+            if !FAILED.swap(true, Relaxed) {
+                let _ = writeln!(std::io::stderr(), "error: cannot write to stdout: {e}");
+            }
+        }
+    }
+}
+
+/// One line of output.
+pub fn line(args: std::fmt::Arguments<'_>) {
+    let mut out = Stdout;
+    let _ = out.write_fmt(format_args!("{args}\n"));
+    let _ = out.flush();
+}
+
+/// `println!` that never panics: see the module doc.
+#[macro_export]
+macro_rules! outln {
+    () => { $crate::output::line(format_args!("")) };
+    ($($t:tt)*) => { $crate::output::line(format_args!($($t)*)) };
+}
