@@ -53,6 +53,7 @@ impl Db {
                 )
             })?;
         }
+        refuse_foreign(path).await?;
         create_private(path)
             .with_context(|| format!("cannot create the audit database {}", path.display()))?;
         let options = SqliteConnectOptions::new()
@@ -67,55 +68,105 @@ impl Db {
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open the audit database {}", path.display()))?;
-        sqlx::migrate!("./migrations")
-            .run(&pool)
-            .await
-            .with_context(|| format!("cannot migrate the audit database {}", path.display()))?;
-        Ok(Db {
+        let db = Db {
             pool,
             path: path.to_owned(),
-        })
+        };
+        db.migrate().await?;
+        Ok(db)
     }
 
-    /// The lock file of `batch_id`: `<db>.locks/<hash>.lock`, the hash of
-    /// the name so that any name makes a valid file name.
-    fn lock_path(&self, batch_id: &str) -> std::path::PathBuf {
-        // FNV-1a: stable across versions and platforms (std's hasher is not).
-        let hash = batch_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
+    /// Runs the migrations, one process at a time (two `convoy run`s on a
+    /// new database would both create the tables), and never on a SQLite
+    /// file that is not a convoy audit database.
+    async fn migrate(&self) -> anyhow::Result<()> {
+        let lock = self.lock_file("migrate.lock")?;
+        let lock = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
+            .await?
+            .context("cannot lock the audit database for its migrations")?;
+        sqlx::migrate!("./migrations")
+            .run(&self.pool)
+            .await
+            .with_context(|| {
+                format!("cannot migrate the audit database {}", self.path.display())
+            })?;
+        drop(lock);
+        Ok(())
+    }
+
+    fn locks_dir(&self) -> std::path::PathBuf {
         let mut dir = self.path.clone().into_os_string();
         dir.push(".locks");
-        std::path::PathBuf::from(dir).join(format!("{hash:016x}.lock"))
+        dir.into()
     }
 
-    /// Claims `batch_id` for this process, or says who has it.
-    pub fn lock_batch(&self, batch_id: &str) -> anyhow::Result<Result<BatchLock, BatchBusy>> {
-        let path = self.lock_path(batch_id);
+    /// A lock file beside the database: `<db>.locks/<name>`.
+    fn lock_file(&self, name: &str) -> anyhow::Result<std::fs::File> {
+        let path = self.locks_dir().join(name);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create the lock directory {}", dir.display()))?;
         }
-        let file = std::fs::OpenOptions::new()
+        std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
-            .with_context(|| format!("cannot open the batch lock {}", path.display()))?;
+            .with_context(|| format!("cannot open the lock file {}", path.display()))
+    }
+
+    /// The lock file name of `batch_id`: the hash of the name, so that any
+    /// name makes a valid file name.
+    fn lock_name(batch_id: &str) -> String {
+        // FNV-1a: stable across versions and platforms (std's hasher is not).
+        let hash = batch_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        format!("{hash:016x}.lock")
+    }
+
+    /// Claims `batch_id` for this process, or says who has it.
+    pub fn lock_batch(&self, batch_id: &str) -> anyhow::Result<Result<BatchLock, BatchBusy>> {
+        let file = self.lock_file(&Self::lock_name(batch_id))?;
         match file.try_lock() {
             Ok(()) => Ok(Ok(BatchLock { _file: file })),
             Err(std::fs::TryLockError::WouldBlock) => Ok(Err(BatchBusy(batch_id.to_owned()))),
-            Err(std::fs::TryLockError::Error(e)) => {
-                Err(e).with_context(|| format!("cannot lock {}", path.display()))
-            }
+            Err(std::fs::TryLockError::Error(e)) => Err(e).context("cannot lock the batch"),
         }
     }
 
     /// Whether some process holds `batch_id` now (a probe: taken and let go).
     pub fn batch_is_held(&self, batch_id: &str) -> bool {
-        self.lock_path(batch_id).exists()
+        self.locks_dir().join(Self::lock_name(batch_id)).exists()
             && matches!(self.lock_batch(batch_id), Ok(Err(BatchBusy(_))))
     }
+}
+
+/// Refuses an existing SQLite file that is not a convoy audit database,
+/// read-only, before anything (even the switch to WAL) is written to it.
+async fn refuse_foreign(path: &Path) -> anyhow::Result<()> {
+    if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
+        return Ok(());
+    }
+    let options = SqliteConnectOptions::new().filename(path).read_only(true);
+    let mut conn = SqliteConnection::connect_with(&options)
+        .await
+        .with_context(|| format!("cannot open the audit database {}", path.display()))?;
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .with_context(|| format!("{} is not a SQLite database", path.display()))?;
+    let _ = conn.close().await;
+    if !tables.is_empty() && !tables.iter().any(|t| t == "_sqlx_migrations") {
+        anyhow::bail!(
+            "{} is not a convoy audit database (it has the tables {}); nothing was written to it. Pass --db with another path",
+            path.display(),
+            tables.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Creates the database file owner-only before SQLite does (SQLite gives its

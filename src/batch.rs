@@ -147,24 +147,19 @@ pub struct Endpoints {
 impl Endpoints {
     /// From the options and the environment (`ATTENTION_API_KEY`, `VG_API_TOKEN`).
     pub fn from_env(o: &Options) -> Result<Endpoints, ConfigError> {
-        let key = |var: &str| {
-            std::env::var(var)
-                .ok()
-                .filter(|k| !k.trim().is_empty())
-                .map(Secret::new)
-        };
+        let key = |var: &str| read_key(var).map_err(ConfigError);
         Ok(Endpoints {
             attention: Endpoint {
                 api: Api::Attention,
                 base: Endpoint::check_base(Api::Attention, &o.attention_url)
                     .map_err(ConfigError)?,
-                secret: key("ATTENTION_API_KEY"),
+                secret: key("ATTENTION_API_KEY")?,
                 scheme: o.attention_auth_scheme,
             },
             vg: Endpoint {
                 api: Api::Vg,
                 base: Endpoint::check_base(Api::Vg, &o.vg_url).map_err(ConfigError)?,
-                secret: key("VG_API_TOKEN"),
+                secret: key("VG_API_TOKEN")?,
                 scheme: AuthScheme::Bearer,
             },
         })
@@ -192,6 +187,48 @@ impl Endpoints {
         }
         Ok(())
     }
+}
+
+/// A key from the environment: `None` when unset or blank. A key that could
+/// not go into an HTTP header as it is (not UTF-8, a control character such
+/// as CR or LF, or a non-ASCII character) is refused up front, naming the
+/// variable and the position, never the key: sent, it would silently go out
+/// without `Authorization`.
+fn read_key(var: &str) -> Result<Option<Secret>, String> {
+    let Some(raw) = std::env::var_os(var) else {
+        return Ok(None);
+    };
+    let Some(key) = raw.to_str() else {
+        let at = raw
+            .as_encoded_bytes()
+            .utf8_chunks()
+            .next()
+            .map_or(0, |c| c.valid().chars().count());
+        return Err(format!(
+            "{var} is not valid UTF-8 (at character {}); set it to the key exactly as the API gave it",
+            at + 1
+        ));
+    };
+    if key.trim().is_empty() {
+        return Ok(None);
+    }
+    if let Some((at, c)) = key
+        .chars()
+        .enumerate()
+        .find(|(_, c)| !c.is_ascii_graphic() && *c != ' ')
+    {
+        let what = match c {
+            '\r' => "a carriage return (CR)".to_owned(),
+            '\n' => "a line feed (LF)".to_owned(),
+            c if c.is_control() => format!("a control character (U+{:04X})", c as u32),
+            c => format!("a non-ASCII character (U+{:04X})", c as u32),
+        };
+        return Err(format!(
+            "{var} has {what} at character {}, which cannot be sent in an HTTP header; set it to the key exactly as the API gave it",
+            at + 1
+        ));
+    }
+    Ok(Some(Secret::new(key)))
 }
 
 /// What the plan phase found.

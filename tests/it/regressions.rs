@@ -258,3 +258,94 @@ async fn a_closed_stdout_ends_quietly_and_a_full_one_is_an_error() {
         );
     }
 }
+
+/// A key with CR, LF or a non-ASCII character went out with no
+/// `Authorization` header ("its key was rejected"); one that was not UTF-8
+/// was reported as "not set".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_cannot_be_a_header_is_refused_naming_the_position() {
+    use std::os::unix::ffi::OsStrExt;
+    let sb = plain_sandbox().await;
+    let w = Work::new();
+    w.write("n.csv", "op,conversation_id\nattention.archive,c1\n");
+    let bad: [(&std::ffi::OsStr, &str); 4] = [
+        (
+            "sandbox-attention-key\r\n".as_ref(),
+            "a carriage return (CR) at character 22",
+        ),
+        ("sandbox\nkey".as_ref(), "a line feed (LF) at character 8"),
+        (
+            "sandbox-kéy".as_ref(),
+            "a non-ASCII character (U+00E9) at character 10",
+        ),
+        (
+            std::ffi::OsStr::from_bytes(b"sk-\xff\xfe"),
+            "not valid UTF-8 (at character 4)",
+        ),
+    ];
+    for (key, said) in bad {
+        let out = w
+            .convoy(Some(&sb))
+            .env("ATTENTION_API_KEY", key)
+            .args(["run", "n.csv"])
+            .output()
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("ATTENTION_API_KEY") && err.contains(said),
+            "{err}"
+        );
+        assert!(
+            !err.contains("sandbox-") && !err.contains("sk-"),
+            "the key leaked: {err}"
+        );
+    }
+    assert!(sb.requests().is_empty(), "a call went out");
+}
+
+/// Two `convoy run`s at once on a new database: one exited 2 with "table
+/// batches already exists" or "duplicate column name" in 4 of 5 tries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runs_on_a_new_database_both_migrate_it() {
+    for _ in 0..4 {
+        let w = Work::new();
+        w.write("n.csv", "op,conversation_id\nattention.archive,c1\n");
+        let (a, b) = tokio::join!(
+            w.run(None, &["run", "n.csv", "--sandbox", "--batch", "a"]),
+            w.run(None, &["run", "n.csv", "--sandbox", "--batch", "b"])
+        );
+        a.expect(0);
+        b.expect(0);
+    }
+}
+
+/// A SQLite file of someone else's, with its own `audit` table, got a
+/// `_sqlx_migrations` table written into it before the error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_sqlite_file_is_refused_untouched() {
+    let w = Work::new();
+    let foreign = w
+        .sqlite(
+            "theirs.db",
+            "CREATE TABLE audit (who TEXT); INSERT INTO audit VALUES ('me');".into(),
+        )
+        .await;
+    let before = std::fs::read(&foreign).unwrap();
+    w.write("n.csv", "op,conversation_id\nattention.archive,c1\n");
+    let out = w
+        .convoy(None)
+        .env("CONVOY_DB", &foreign)
+        .args(["run", "n.csv", "--sandbox"])
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("is not a convoy audit database"), "{err}");
+    assert!(
+        std::fs::read(&foreign).unwrap() == before,
+        "the file was changed"
+    );
+}
