@@ -553,17 +553,23 @@ async fn feed(db: Db, batch_id: String, pass: i64, tx: mpsc::Sender<Job>) -> any
     }
 }
 
+/// The rate `auto` learned last time, if it is a sane one (an absurd value
+/// left by an older version is ignored).
 async fn learned_rate(db: &Db, api: Api, base: &str) -> anyhow::Result<Option<f64>> {
-    Ok(sqlx::query_scalar(
+    let rate: Option<f64> = sqlx::query_scalar(
         "SELECT rate_per_sec FROM learned_rates WHERE api = ?1 AND base_url = ?2",
     )
     .bind(api.name())
     .bind(base)
     .fetch_optional(&db.pool)
-    .await?)
+    .await?;
+    Ok(rate.filter(|r| crate::pacer::sane_rate(*r)))
 }
 
 async fn remember_rate(db: &Db, api: Api, base: &str, rate: f64) -> anyhow::Result<()> {
+    if !crate::pacer::sane_rate(rate) {
+        return Ok(());
+    }
     sqlx::query(
         "INSERT INTO learned_rates (api, base_url, rate_per_sec, updated_at) VALUES (?1, ?2, ?3, ?4) \
          ON CONFLICT (api, base_url) DO UPDATE SET rate_per_sec = excluded.rate_per_sec, updated_at = excluded.updated_at",

@@ -79,7 +79,19 @@ impl fmt::Display for RateSpec {
 }
 
 /// The slowest `auto` ever goes, in calls per second.
-const AUTO_FLOOR: f64 = 0.5;
+pub const AUTO_FLOOR: f64 = 0.5;
+/// The fastest pace `auto` ever holds or remembers, in calls per second: far
+/// above any per-key SaaS limit, and a bound on anything shown or stored.
+pub const AUTO_CEILING: f64 = 5_000.0;
+/// A level steps up only when the calls kept up with at least this share of
+/// its pace: a pace the run cannot reach (too few calls in flight, a slow
+/// API) proves nothing about the limit, and doubling it would run away.
+const KEPT_UP: f64 = 0.8;
+
+/// Whether `rate` is a usable learned rate (finite, within the floor and ceiling).
+pub fn sane_rate(rate: f64) -> bool {
+    rate.is_finite() && (AUTO_FLOOR..=AUTO_CEILING).contains(&rate)
+}
 /// Slow start doubles the rate this often until the first 429.
 const SLOW_START_STEP: Duration = Duration::from_millis(200);
 /// While climbing, how long a level must run without a 429 before the next step.
@@ -153,6 +165,8 @@ pub struct Auto {
     unpaced_until: Option<Instant>,
     /// When the current level's first call succeeded.
     level_at: Option<Instant>,
+    /// Calls that succeeded in the current level.
+    level_calls: u64,
     /// When each call succeeded since the last 429 (the most recent [`EPISODE`]).
     episode: VecDeque<Instant>,
     /// Whether the current level is a trial above a rough estimate.
@@ -179,6 +193,7 @@ impl Auto {
             burst: 1.0,
             unpaced_until: None,
             level_at: None,
+            level_calls: 0,
             episode: VecDeque::new(),
             trial: false,
             climb_at: None,
@@ -187,7 +202,7 @@ impl Auto {
             held_failed: None,
             last_cut: None,
         };
-        if let Some(r) = remembered {
+        if let Some(r) = remembered.filter(|r| sane_rate(*r)) {
             a.phase = Phase::Steady;
             a.set(r);
             a.hold = a.rate;
@@ -215,7 +230,14 @@ impl Auto {
     fn set(&mut self, rate: f64) {
         self.rate = clamp(rate, self.ceiling);
         self.level_at = None;
+        self.level_calls = 0;
         self.trial = false;
+    }
+
+    /// Whether the current level's calls kept up with its pace.
+    fn kept_up(&self, now: Instant) -> bool {
+        let ran = self.level_ran(now).as_secs_f64();
+        ran > 0.0 && self.level_calls as f64 / ran >= self.rate * KEPT_UP
     }
 
     fn level_ran(&self, now: Instant) -> Duration {
@@ -237,6 +259,7 @@ impl Auto {
             let interval = Duration::from_secs_f64(1.0 / self.rate).min(STEP);
             self.level_at = Some(sent.checked_sub(interval).unwrap_or(sent));
         }
+        self.level_calls += 1;
         if self.episode.len() == EPISODE {
             self.episode.pop_front();
         }
@@ -246,7 +269,7 @@ impl Auto {
         match self.phase {
             Phase::Unpaced => {}
             Phase::SlowStart => {
-                if self.level_ran(now) >= SLOW_START_STEP {
+                if self.level_ran(now) >= SLOW_START_STEP && self.kept_up(now) {
                     self.set(self.rate * 2.0);
                 }
             }
@@ -272,7 +295,8 @@ impl Auto {
                         self.probe_at = Some(now + PROBE_OFTEN);
                         self.set(d);
                     }
-                    None => self.set(self.rate * CLIMB),
+                    None if self.kept_up(now) => self.set(self.rate * CLIMB),
+                    None => self.climb_at = Some(now + STEP),
                 }
             }
         }
@@ -367,7 +391,11 @@ impl Auto {
 }
 
 fn clamp(r: f64, ceiling: Option<f64>) -> f64 {
-    let r = r.max(AUTO_FLOOR);
+    let r = if r.is_nan() {
+        AUTO_FLOOR
+    } else {
+        r.clamp(AUTO_FLOOR, AUTO_CEILING)
+    };
     ceiling.map_or(r, |c| r.min(c))
 }
 
@@ -784,5 +812,39 @@ mod tests {
         assert_eq!(sim.rejected, 0);
         assert_eq!(a.rate(), None, "still unpaced");
         assert_eq!(a.learned(), None);
+    }
+
+    /// A progress bar showed `vg 2305843009213693952.0/s`: after one 429,
+    /// slow start doubled a pace that the calls never reached.
+    #[test]
+    fn learned_state_stays_bounded_when_calls_come_back_instantly_or_slowly() {
+        let t0 = Instant::now();
+        // (each call's time on the wire, calls in flight, the most the run can reach)
+        for (wire, in_flight, reachable) in [
+            (Duration::from_micros(10), 1000.0, f64::INFINITY),
+            (Duration::from_millis(150), 8.0, 8.0 / 0.15),
+            (Duration::from_secs(2), 4.0, 2.0),
+        ] {
+            let mut a = Auto::new(None, None, t0);
+            a.on_429(t0, t0); // one stray 429, then no limit at all
+            let mut now = t0;
+            for _ in 0..100_000 {
+                let pace = Duration::from_secs_f64(1.0 / a.rate().unwrap());
+                now += pace.max(wire.div_f64(in_flight));
+                a.on_success(now.checked_sub(wire).unwrap_or(t0), now);
+            }
+            let rate = a.rate().unwrap();
+            assert!(sane_rate(rate), "{rate}");
+            assert!(a.learned().is_none_or(sane_rate));
+            assert!(
+                rate <= (reachable * 2.5).min(AUTO_CEILING),
+                "pace {rate}/s when at most {reachable}/s can be reached"
+            );
+        }
+        // A remembered absurd value is not a starting point.
+        let a = Auto::new(None, Some(5.1e25), t0);
+        assert_eq!(a.rate(), None);
+        let a = Auto::new(None, Some(f64::NAN), t0);
+        assert_eq!(a.rate(), None);
     }
 }
