@@ -115,6 +115,11 @@ impl Db {
             .with_context(|| format!("cannot open the lock file {}", path.display()))
     }
 
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The lock file name of `batch_id`: the hash of the name, so that any
     /// name makes a valid file name.
     fn lock_name(batch_id: &str) -> String {
@@ -404,6 +409,19 @@ pub async fn hold_older_edits(db: &Db, batch_id: &str, pass: i64) -> anyhow::Res
     .execute(&db.pool)
     .await?;
     Ok(held.rows_affected())
+}
+
+/// A row the send phase cannot read back (its call is damaged in the
+/// database): failed, saying so, never sent.
+pub async fn mark_unreadable(db: &Db, rowid: i64) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE audit SET status = 'failed', finished_at = ?2, error = 'not sent: its recorded call is damaged in the audit database (api, method, url or conversation_id); run the row again from its source' WHERE rowid = ?1",
+    )
+    .bind(rowid)
+    .bind(now())
+    .execute(&db.pool)
+    .await?;
+    Ok(())
 }
 
 /// One HTTP attempt, for the `attempts` table.

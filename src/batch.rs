@@ -42,6 +42,12 @@ pub struct Options {
     pub send_older_edits: bool,
 }
 
+/// The send phase stopped because the audit database failed after sending
+/// began: exit 3, never 2 ("nothing sent").
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct StoppedEarly(pub anyhow::Error);
+
 /// A usage or configuration problem: exit 2, nothing sent.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -470,12 +476,29 @@ pub async fn execute(
     let started = std::time::Instant::now();
     executor.run(rx).await;
     let elapsed = started.elapsed();
+    // Ended early (cancelled), the feeder may wait on a full channel; a
+    // feeder that already failed keeps its error through the abort.
     feeder.abort();
-    recorder.flush().await?;
+    let fed = match feeder.await {
+        Ok(result) => result,
+        Err(e) if e.is_cancelled() => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("the row reader stopped: {e}")),
+    };
+    let _ = recorder.flush().await;
     let stops = executor.stops();
     drop(executor);
     drop(recorder);
-    writer.await??;
+    let written = writer
+        .await
+        .map_err(|e| anyhow::anyhow!("the audit writer stopped: {e}"))
+        .and_then(|r| r);
+    if let Err(e) = written.and(fed) {
+        return Err(StoppedEarly(e.context(format!(
+            "the audit database {} failed while sending",
+            db.path().display()
+        )))
+        .into());
+    }
     // Give the WAL's disk space back now that the writing is done.
     let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
         .execute(&db.pool)
@@ -530,17 +553,27 @@ async fn feed(db: Db, batch_id: String, pass: i64, tx: mpsc::Sender<Job>) -> any
             let id: i64 = r.get(0);
             after_id = id;
             after_number = r.get(2);
-            let api: String = r.get(3);
-            let method: String = r.get(4);
+            let api: Option<String> = r.try_get(3).ok().flatten();
+            let method: Option<String> = r.try_get(4).ok().flatten();
+            let parts = (
+                api.as_deref().and_then(Api::parse),
+                method.and_then(|m| reqwest::Method::from_bytes(m.as_bytes()).ok()),
+                r.try_get::<Option<String>, _>(5).ok().flatten(),
+                r.try_get::<Option<String>, _>(7).ok().flatten(),
+            );
+            let (Some(api), Some(method), Some(url), Some(conversation_id)) = parts else {
+                // One damaged row must not stop the rest: it fails, saying why.
+                audit::mark_unreadable(&db, id).await?;
+                continue;
+            };
             let job = Job {
                 id,
                 row_key: Arc::from(r.get::<String, _>(1)),
-                api: Api::parse(&api)
-                    .ok_or_else(|| anyhow::anyhow!("audit row {id}: unknown api {api:?}"))?,
-                method: reqwest::Method::from_bytes(method.as_bytes())?,
-                url: r.get(5),
+                api,
+                method,
+                url,
                 body: r.get(6),
-                conversation_id: Arc::from(r.get::<String, _>(7)),
+                conversation_id: Arc::from(conversation_id),
                 prior_attempts: r.get::<i64, _>(8) as u32,
             };
             if tx.send(job).await.is_err() {

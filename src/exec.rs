@@ -270,7 +270,9 @@ impl Executor {
         // Marked before it waits for its slot, so that the call leaves the
         // moment the slot comes (no commit between the pacer and the wire).
         if self.recorder.in_flight(job.id).await.is_err() {
-            // Without the in_flight mark committed, the call must not go out.
+            // Without the in_flight mark committed, the call must not go
+            // out; the audit database failed, so nothing more is sent.
+            self.cancel.cancel();
             return;
         }
         for n in 0..self.settings.max_attempts {

@@ -118,7 +118,25 @@ pub async fn send_phase(
     }
     let cancel = CancellationToken::new();
     on_signals(cancel.clone(), batch_id.to_owned());
-    let report = batch::execute(b, cancel, g.quiet, to_send).await?;
+    let report = match batch::execute(b, cancel, g.quiet, to_send).await {
+        Ok(r) => r,
+        Err(e) => match e.downcast::<batch::StoppedEarly>() {
+            Ok(stopped) => {
+                let marked = batch::set_status(db, batch_id, "interrupted").await.is_ok();
+                eprintln!("error: {stopped}");
+                eprintln!(
+                    "stopped sending; calls already answered may not be recorded.{} Once the database is healthy, `convoy resume {batch_id}` sends the rest",
+                    if marked {
+                        " The batch is marked interrupted."
+                    } else {
+                        ""
+                    }
+                );
+                return Ok(ExitCode::from(exit::STOPPED));
+            }
+            Err(e) => return Err(e),
+        },
+    };
     let tally = batch::tally(db, batch_id).await?;
     let status = if report.interrupted {
         "interrupted"

@@ -349,3 +349,85 @@ async fn a_foreign_sqlite_file_is_refused_untouched() {
         "the file was changed"
     );
 }
+
+/// A damaged audit row made `resume` exit 1 with "3 pending" and no word of
+/// why, and the valid rows were never sent: the row reader's error was dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_audit_row_fails_alone_and_the_rest_are_sent() {
+    let sb = plain_sandbox().await;
+    let w = Work::new();
+    let input =
+        b"op,conversation_id\nattention.archive,c1\nattention.archive,c2\nattention.archive,c3\n";
+    let out = w
+        .convoy(Some(&sb))
+        .env("ATTENTION_API_KEY", "wrong")
+        .args(["run", "-", "--batch", "night"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut child = out;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input).await.unwrap();
+        drop(stdin);
+        let o = child.wait_with_output().await.unwrap();
+        assert_eq!(o.status.code(), Some(3));
+    }
+    let db = w.db().await;
+    sqlx::query("UPDATE audit SET api = 'bogus' WHERE row_key = '2'")
+        .execute(&db)
+        .await
+        .unwrap();
+    w.run(Some(&sb), &["resume", "night"]).await.expect(1);
+    let rows = audit_rows(&db).await;
+    let statuses: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+    assert_eq!(statuses, ["succeeded", "failed", "succeeded"]);
+    let (error,): (String,) = sqlx::query_as("SELECT error FROM audit WHERE row_key = '2'")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert!(error.contains("damaged"), "{error}");
+}
+
+/// The audit writer failing mid-send (disk full, locked, corrupt) said only
+/// "the audit database writer has stopped", exited 2 ("nothing sent") and
+/// left the batch `running`. A trigger makes a real SQLite write fail there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_failure_mid_send_stops_says_why_and_exits_3() {
+    let sb = plain_sandbox().await;
+    let w = Work::new();
+    stopped_batch(&w, &sb, 50).await;
+    let db = w.db().await;
+    sqlx::query(
+        "CREATE TRIGGER boom BEFORE UPDATE OF status ON audit \
+         WHEN NEW.status = 'in_flight' AND NEW.row_key = '20' \
+         BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let out = w
+        .run(Some(&sb), &["resume", "night", "--concurrency", "1"])
+        .await;
+    out.expect(3);
+    assert!(
+        out.stderr().contains("failed while sending")
+            && out.stderr().contains("database or disk is full"),
+        "{}",
+        out.stderr()
+    );
+    let (status,): (String,) = sqlx::query_as("SELECT status FROM batches WHERE id = 'night'")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(status, "interrupted");
+    let sent = sb.requests().iter().filter(|r| r.status == 200).count();
+    assert!(sent < 50, "sending went on after the database failed");
+    sqlx::query("DROP TRIGGER boom").execute(&db).await.unwrap();
+    w.run(Some(&sb), &["resume", "night"]).await.expect(0);
+    let twice = sb.requests().iter().filter(|r| r.status == 200).count();
+    assert_eq!(twice, 50, "a row was sent twice or never");
+}
