@@ -411,14 +411,34 @@ pub async fn hold_older_edits(db: &Db, batch_id: &str, pass: i64) -> anyhow::Res
     Ok(held.rows_affected())
 }
 
-/// A row the send phase cannot read back (its call is damaged in the
-/// database): failed, saying so, never sent.
+const DAMAGED: &str = "not sent: its recorded call is damaged in the audit database (api, method, url or conversation_id); run the row again from its source";
+
+/// Fails every row of the pass whose recorded call cannot be sent (its api,
+/// method, url or conversation is missing or unknown), saying so: one
+/// damaged row must never stop the rest. Returns how many.
+pub async fn fail_damaged(db: &Db, batch_id: &str, pass: i64) -> anyhow::Result<u64> {
+    let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE audit SET status = 'failed', finished_at = ?3, error = ?4 \
+         WHERE batch_id = ?1 AND pass = ?2 AND status IN {SENDABLE} \
+         AND (api IS NULL OR api NOT IN ('attention', 'vg') OR method IS NULL OR url IS NULL OR conversation_id IS NULL)"
+    )))
+    .bind(batch_id)
+    .bind(pass)
+    .bind(now())
+    .bind(DAMAGED)
+    .execute(&db.pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// One row the send phase could not read back: failed, never sent.
 pub async fn mark_unreadable(db: &Db, rowid: i64) -> anyhow::Result<()> {
     sqlx::query(
-        "UPDATE audit SET status = 'failed', finished_at = ?2, error = 'not sent: its recorded call is damaged in the audit database (api, method, url or conversation_id); run the row again from its source' WHERE rowid = ?1",
+        "UPDATE audit SET status = 'failed', finished_at = ?2, error = ?3 WHERE rowid = ?1",
     )
     .bind(rowid)
     .bind(now())
+    .bind(DAMAGED)
     .execute(&db.pool)
     .await?;
     Ok(())

@@ -6,7 +6,7 @@
 
 use crate::audit::{self, Db, DuplicateKey, PlannedRow, Recorder, RowStatus};
 use crate::call::{self, AuthScheme, Endpoint, Secret};
-use crate::cli::{ExecArgs, InputArgs};
+use crate::cli::{Concurrency, ExecArgs, InputArgs};
 use crate::edit::{Api, Op};
 use crate::exec::{ApiLane, Counters, Executor, Job, Settings, Stop};
 use crate::pacer::{Pacer, RateSpec};
@@ -26,7 +26,9 @@ pub const DEFAULT_VG_URL: &str = "https://eu-cloudflare.vg-stuff.com";
 /// The effective options of a batch, as stored in `batches.options`. Never a secret.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Options {
-    pub concurrency: u32,
+    /// Calls in flight per API: a hard cap, or `None` for auto.
+    #[serde(default)]
+    pub concurrency: Option<u32>,
     pub attention_rate: String,
     pub vg_rate: String,
     pub max_attempts: u32,
@@ -66,10 +68,11 @@ impl Options {
                 .unwrap_or_else(|| "auto".into())
         };
         let o = Options {
-            concurrency: exec
-                .concurrency
-                .or(recorded.map(|r| r.concurrency))
-                .unwrap_or(8),
+            concurrency: match exec.concurrency {
+                Some(Concurrency::Auto) => None,
+                Some(Concurrency::Cap(n)) => Some(n),
+                None => recorded.and_then(|r| r.concurrency),
+            },
             attention_rate: rate(&exec.attention_rate, recorded.map(|r| &r.attention_rate)),
             vg_rate: rate(&exec.vg_rate, recorded.map(|r| &r.vg_rate)),
             max_attempts: exec
@@ -135,7 +138,7 @@ impl Options {
 
     pub fn settings(&self) -> Settings {
         Settings {
-            concurrency: self.concurrency as usize,
+            concurrency: self.concurrency.map(|n| n as usize),
             max_attempts: self.max_attempts,
             timeout: Duration::from_millis(self.timeout_ms),
             ..Settings::default()
@@ -442,8 +445,11 @@ pub async fn execute(
         options,
         endpoints,
     } = *b;
+    let damaged = audit::fail_damaged(db, batch_id, pass).await?;
     let counters = Arc::new(Counters::default());
-    counters.total.store(to_send, Relaxed);
+    counters
+        .total
+        .store(to_send.saturating_sub(damaged), Relaxed);
     let (recorder, writer) = Recorder::start(db, batch_id).await?;
     let client = http_client(options)?;
     let mut lanes = Vec::with_capacity(2);
@@ -471,19 +477,29 @@ pub async fn execute(
         vg,
     ));
     let progress = Progress::sending(counters.clone(), pacers.clone(), quiet);
-    let (tx, rx) = mpsc::channel(2048);
-    let feeder = tokio::spawn(feed(db.clone(), batch_id.to_owned(), pass, tx));
     let started = std::time::Instant::now();
-    executor.run(rx).await;
+    // One lane per API: its own reader (its rows in source order) and its
+    // own loop, so neither API ever waits for the other.
+    let lanes = Api::ALL.map(|api| {
+        let (tx, rx) = mpsc::channel(1024);
+        let feeder = tokio::spawn(feed(db.clone(), batch_id.to_owned(), pass, api, tx));
+        let executor = executor.clone();
+        async move {
+            executor.run(api, rx).await;
+            // Ended early (cancelled), the feeder may wait on a full
+            // channel; a feeder that already failed keeps its error.
+            feeder.abort();
+            match feeder.await {
+                Ok(result) => result,
+                Err(e) if e.is_cancelled() => Ok(()),
+                Err(e) => Err(anyhow::anyhow!("the row reader stopped: {e}")),
+            }
+        }
+    });
+    let [a, v] = lanes;
+    let (fed_a, fed_v) = tokio::join!(a, v);
+    let fed = fed_a.and(fed_v);
     let elapsed = started.elapsed();
-    // Ended early (cancelled), the feeder may wait on a full channel; a
-    // feeder that already failed keeps its error through the abort.
-    feeder.abort();
-    let fed = match feeder.await {
-        Ok(result) => result,
-        Err(e) if e.is_cancelled() => Ok(()),
-        Err(e) => Err(anyhow::anyhow!("the row reader stopped: {e}")),
-    };
     let _ = recorder.flush().await;
     let stops = executor.stops();
     drop(executor);
@@ -525,19 +541,28 @@ fn http_client(o: &Options) -> anyhow::Result<reqwest::Client> {
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_millis(o.timeout_ms.min(10_000)))
         .timeout(Duration::from_millis(o.timeout_ms))
-        .pool_max_idle_per_host(o.concurrency as usize)
+        .pool_max_idle_per_host(
+            o.concurrency
+                .map_or(crate::exec::AUTO_MAX_IN_FLIGHT, |n| n as usize),
+        )
         .build()?)
 }
 
 /// Streams the rows to send from the audit table, a page at a time (short
 /// read transactions, so the writer's checkpoints are never held back).
-async fn feed(db: Db, batch_id: String, pass: i64, tx: mpsc::Sender<Job>) -> anyhow::Result<()> {
+async fn feed(
+    db: Db,
+    batch_id: String,
+    pass: i64,
+    lane: Api,
+    tx: mpsc::Sender<Job>,
+) -> anyhow::Result<()> {
     const PAGE: i64 = 1000;
     let (mut after_number, mut after_id) = (i64::MIN, i64::MIN);
     loop {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT rowid, row_key, row_number, api, method, url, request_body, conversation_id, attempts \
-             FROM audit WHERE batch_id = ?1 AND pass = ?2 AND status IN {} \
+             FROM audit WHERE batch_id = ?1 AND pass = ?2 AND status IN {} AND api = ?6 \
              AND (row_number, rowid) > (?3, ?4) ORDER BY row_number, rowid LIMIT ?5",
             audit::SENDABLE
         )))
@@ -546,6 +571,7 @@ async fn feed(db: Db, batch_id: String, pass: i64, tx: mpsc::Sender<Job>) -> any
         .bind(after_number)
         .bind(after_id)
         .bind(PAGE)
+        .bind(lane.name())
         .fetch_all(&db.pool)
         .await?;
         let last_page = (rows.len() as i64) < PAGE;

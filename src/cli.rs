@@ -42,9 +42,9 @@ pub enum Command {
 /// How calls are made: shared by `run` and `resume`.
 #[derive(Debug, Args, Clone, Default)]
 pub struct ExecArgs {
-    /// Most calls in flight at once [default: 8]
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub concurrency: Option<u32>,
+    /// Calls in flight per API: auto (sized from each API's latency and pace), or N as a hard cap [default: auto]
+    #[arg(long, value_parser = parse_concurrency)]
+    pub concurrency: Option<Concurrency>,
 
     /// Attention pace: N/s, N/min, N/h, 0 (unlimited), auto, or auto:N/s (auto with a ceiling) [default: auto]
     #[arg(long, env = "CONVOY_ATTENTION_RATE")]
@@ -93,6 +93,25 @@ pub struct InputArgs {
     /// Send a row even when a later edit of its conversation already succeeded (by default such a row is held, so a fix never undoes a newer edit).
     #[arg(long)]
     pub send_older_edits: bool,
+}
+
+/// `--concurrency`: `auto`, or a hard cap per API.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Concurrency {
+    Auto,
+    Cap(u32),
+}
+
+fn parse_concurrency(s: &str) -> Result<Concurrency, String> {
+    if s.trim() == "auto" {
+        return Ok(Concurrency::Auto);
+    }
+    match s.trim().parse::<u32>() {
+        Ok(n @ 1..=1024) => Ok(Concurrency::Cap(n)),
+        _ => Err(format!(
+            "{s:?} is not a concurrency; write auto, or a number from 1 to 1024"
+        )),
+    }
 }
 
 fn parse_op(s: &str) -> Result<Op, String> {

@@ -1,5 +1,6 @@
-//! Executing planned rows: at most `concurrency` calls in flight, one
-//! [`Pacer`] per API awaited before every attempt, edits to the same
+//! Executing planned rows, one lane per API: each with its own calls in
+//! flight (sized from its latency and pace, or capped by `--concurrency`),
+//! one [`Pacer`] per API awaited before every attempt, edits to the same
 //! conversation one at a time in source order, retries with backoff and
 //! jitter, `Retry-After` pausing the whole API, and a 401/403 stopping that
 //! API. Every attempt and outcome goes to the [`Recorder`]; workers hold no
@@ -50,7 +51,9 @@ pub struct Counters {
 /// The settings of one execution.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    pub concurrency: usize,
+    /// A hard cap on each API's calls in flight (`--concurrency N`); `None`
+    /// sizes it from the lane's latency and pace ([`ApiLane::in_flight_limit`]).
+    pub concurrency: Option<usize>,
     pub max_attempts: u32,
     pub timeout: Duration,
     /// The first backoff delay; it doubles on each retry, up to `max_backoff`.
@@ -63,7 +66,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            concurrency: 8,
+            concurrency: None,
             max_attempts: 5,
             timeout: Duration::from_secs(30),
             base_backoff: Duration::from_millis(250),
@@ -80,12 +83,26 @@ pub struct Stop {
     pub http_status: u16,
 }
 
-/// What one API needs at run time.
+/// What one API needs at run time. Each API is sent by its own loop with its
+/// own reader, in-flight budget and pacer, so a slow, paused or stopped API
+/// never holds a slot the other API needs.
 pub struct ApiLane {
     pub pacer: Arc<Pacer>,
     auth: Option<HeaderValue>,
     stopped: AtomicBool,
+    /// The calls' time on the wire, smoothed (EWMA), in microseconds; 0 before the first.
+    latency_us: AtomicU64,
+    /// Calls answered so far (slow start of the in-flight budget while unpaced).
+    answered: AtomicU64,
 }
+
+/// `--concurrency auto`: the fewest calls in flight a lane keeps, the budget
+/// it starts with before any answer, and the most it ever has.
+const AUTO_MIN_IN_FLIGHT: usize = 4;
+const AUTO_START_IN_FLIGHT: usize = 16;
+pub const AUTO_MAX_IN_FLIGHT: usize = 256;
+/// Headroom over Little's law (pace × latency), for jitter on the wire.
+const IN_FLIGHT_HEADROOM: f64 = 1.5;
 
 impl ApiLane {
     pub fn new(endpoint: &Endpoint, pacer: Arc<Pacer>) -> ApiLane {
@@ -98,7 +115,47 @@ impl ApiLane {
             pacer,
             auth,
             stopped: AtomicBool::new(false),
+            latency_us: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
         }
+    }
+
+    /// How many calls this lane may have in flight now. A hard `cap` wins.
+    /// Otherwise Little's law: a pace of R calls/s with L s on the wire needs
+    /// R × L in flight (plus headroom). Unpaced (no 429 yet), the budget
+    /// grows by one per answer from 16, as TCP's slow start does, so a far
+    /// API is never held to a fixed few calls in flight.
+    pub fn in_flight_limit(&self, cap: Option<usize>) -> usize {
+        if let Some(cap) = cap {
+            return cap.max(1);
+        }
+        let latency = self.latency_us.load(Relaxed) as f64 / 1e6;
+        match self.pacer.rate() {
+            Some(rate) if latency > 0.0 => {
+                let need = (rate * latency * IN_FLIGHT_HEADROOM).ceil() as usize + 2;
+                need.clamp(AUTO_MIN_IN_FLIGHT, AUTO_MAX_IN_FLIGHT)
+            }
+            _ => (AUTO_START_IN_FLIGHT + self.answered.load(Relaxed) as usize)
+                .min(AUTO_MAX_IN_FLIGHT),
+        }
+    }
+
+    /// The smoothed time on the wire of this lane's calls.
+    pub fn latency(&self) -> Duration {
+        Duration::from_micros(self.latency_us.load(Relaxed))
+    }
+
+    fn observe(&self, took: Duration) {
+        let us = took.as_micros().min(u128::from(u32::MAX)) as u64;
+        // EWMA with weight 1/8 (as TCP's SRTT); the first answer sets it.
+        let _ = self.latency_us.fetch_update(Relaxed, Relaxed, |old| {
+            Some(if old == 0 {
+                us.max(1)
+            } else {
+                (old * 7 + us) / 8
+            })
+        });
+        self.answered.fetch_add(1, Relaxed);
     }
 }
 
@@ -163,9 +220,10 @@ impl Executor {
         self.lane(api).stopped.load(Relaxed)
     }
 
-    /// Runs every job from `jobs` and returns when all are recorded (or the
-    /// run was cancelled and the calls in flight have finished).
-    pub async fn run(self: &Arc<Self>, mut jobs: mpsc::Receiver<Job>) {
+    /// Runs every job of one API's lane from `jobs` and returns when all are
+    /// recorded (or the run was cancelled and the calls in flight have
+    /// finished). Each API runs its own loop: [`ApiLane`].
+    pub async fn run(self: &Arc<Self>, api: Api, mut jobs: mpsc::Receiver<Job>) {
         /// Rows parked behind a busy conversation before reading pauses.
         const MAX_PARKED: usize = 10_000;
         let mut running = FuturesUnordered::new();
@@ -177,7 +235,7 @@ impl Executor {
             let cancelled = self.cancel.is_cancelled();
             let can_take = !cancelled
                 && !source_done
-                && running.len() < self.settings.concurrency
+                && running.len() < self.lane(api).in_flight_limit(self.settings.concurrency)
                 && parked < MAX_PARKED;
             if running.is_empty() && (source_done || cancelled) {
                 break;
@@ -329,6 +387,9 @@ impl Executor {
             let sent = Instant::now();
             attempt += 1;
             let a = self.attempt(&job, lane).await;
+            if a.http_status.is_some() {
+                lane.observe(sent.elapsed());
+            }
             self.counters.http_attempts.fetch_add(1, Relaxed);
             let verdict = a.verdict;
             if let Some(pause) = a.retry_after {

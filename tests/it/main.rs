@@ -11,6 +11,7 @@
 
 mod common;
 mod hardening;
+mod lanes;
 mod props;
 mod regressions;
 mod report;

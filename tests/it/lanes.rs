@@ -1,0 +1,88 @@
+//! Per-API lanes and adaptive concurrency (issue 13): one API's pace,
+//! pauses or stops never hold what the other API needs.
+
+use crate::common::*;
+
+/// With `--attention-rate 5/s`, 20 VG rows listed after 30 Attention rows
+/// finished 4.9 s after the start instead of at once: the Attention rows
+/// waiting for their pace held every slot of a shared pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_api_never_delays_the_other_apis_rows() {
+    let sb = plain_sandbox().await;
+    let w = Work::new();
+    let mut rows: Vec<String> = (0..30)
+        .map(|i| format!("attention.archive,a{i},,"))
+        .collect();
+    rows.extend((0..20).map(|i| format!("vg.update,v{i},agent,open")));
+    let src = w.write("l.csv", &csv("op,conversation_id,agent_id,state", &rows));
+    let args = [
+        "run",
+        src.to_str().unwrap(),
+        "--attention-rate",
+        "5/s",
+        "--vg-rate",
+        "0",
+    ];
+    w.run(Some(&sb), &args).await.expect(0);
+    let reqs = sb.requests();
+    let attention: Vec<u64> = reqs
+        .iter()
+        .filter(|r| r.path.starts_with("/v2/"))
+        .map(|r| r.at_ms)
+        .collect();
+    let vg_last = reqs
+        .iter()
+        .filter(|r| r.path.starts_with("/agents/"))
+        .map(|r| r.at_ms)
+        .max()
+        .unwrap();
+    assert_eq!(attention.len(), 30);
+    // At 5/s the 4th Attention call comes 600 ms in; every VG call is done long before.
+    assert!(
+        vg_last < attention[3],
+        "the last VG call came at {vg_last} ms, after Attention call 4 at {} ms",
+        attention[3]
+    );
+}
+
+/// `--concurrency` is `auto` unless given; a number is a hard cap, recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_is_auto_by_default_and_a_number_caps_it() {
+    let w = Work::new();
+    w.write("n.csv", "op,conversation_id\nattention.archive,c1\n");
+    w.run(None, &["run", "n.csv", "--sandbox", "--batch", "a"])
+        .await
+        .expect(0);
+    w.run(
+        None,
+        &[
+            "run",
+            "n.csv",
+            "--sandbox",
+            "--batch",
+            "b",
+            "--concurrency",
+            "3",
+        ],
+    )
+    .await
+    .expect(0);
+    let bad = w
+        .run(
+            None,
+            &["run", "n.csv", "--sandbox", "--concurrency", "lots"],
+        )
+        .await;
+    bad.expect(2);
+    assert!(
+        bad.stderr().contains("write auto, or a number"),
+        "{}",
+        bad.stderr()
+    );
+    let recorded: Vec<Option<i64>> =
+        sqlx::query_scalar("SELECT options ->> 'concurrency' FROM batches ORDER BY id")
+            .fetch_all(&w.db().await)
+            .await
+            .unwrap();
+    assert_eq!(recorded, [None, Some(3)]);
+}
