@@ -358,6 +358,7 @@ pub async fn plan(
     mut reader: Reader,
     endpoints: &Endpoints,
     progress: &Progress,
+    cancel: &CancellationToken,
 ) -> Result<PlanSummary, PlanError> {
     let mut sum = PlanSummary::default();
     let mut buf = Vec::with_capacity(PLAN_CHUNK);
@@ -374,7 +375,8 @@ pub async fn plan(
     let inserted = |inserter: tokio::task::JoinHandle<Result<(), PlanError>>| async move {
         inserter.await.map_err(|e| PlanError::Db(e.into()))?
     };
-    while let Some(row) = reader.rows.recv().await {
+    // A signal stops the reading; what was read is still recorded.
+    while let Some(row) = next_row(&mut reader, cancel).await {
         let row = match row {
             Ok(r) => r,
             Err(e) => {
@@ -410,6 +412,18 @@ pub async fn plan(
         progress.println(&format!("... and {} more warnings", notes - SHOWN));
     }
     Ok(sum)
+}
+
+/// The next source row, or `None` at the end or once `cancel` fires.
+async fn next_row(
+    reader: &mut Reader,
+    cancel: &CancellationToken,
+) -> Option<Result<crate::edit::Row, SourceError>> {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => None,
+        row = reader.rows.recv() => row,
+    }
 }
 
 /// What the send phase did.
@@ -839,6 +853,7 @@ pub async fn reconcile(
     mut reader: Reader,
     endpoints: &Endpoints,
     progress: &Progress,
+    cancel: &CancellationToken,
 ) -> Result<Reconciled, PlanError> {
     const CHUNK: usize = 1000;
     let mut out = Reconciled::default();
@@ -860,7 +875,7 @@ pub async fn reconcile(
     while !done {
         rows.clear();
         while rows.len() < CHUNK {
-            match reader.rows.recv().await {
+            match next_row(&mut reader, cancel).await {
                 Some(r) => rows.push(r?),
                 None => {
                     done = true;

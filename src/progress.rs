@@ -28,9 +28,14 @@ impl Progress {
         }
     }
 
-    /// A spinner counting rows read and validated.
-    pub fn planning(quiet: bool) -> Progress {
-        if quiet || !std::io::stderr().is_terminal() {
+    /// A spinner counting rows read and validated (`what`: the batch); off a
+    /// terminal, one plain line saying that planning began.
+    pub fn planning(quiet: bool, what: &str) -> Progress {
+        if quiet {
+            return Progress::none();
+        }
+        if !std::io::stderr().is_terminal() {
+            eprintln!("{what}: validating rows");
             return Progress::none();
         }
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());

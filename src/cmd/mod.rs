@@ -72,6 +72,29 @@ pub fn on_signals(cancel: CancellationToken, batch_id: String) {
     });
 }
 
+/// A signal came while the rows were being read: what was planned is kept,
+/// the batch is `interrupted`, exit 130.
+pub async fn interrupted_while_planning(
+    db: &crate::audit::Db,
+    batch_id: &str,
+    plan: &PlanSummary,
+    from_stdin: bool,
+) -> anyhow::Result<ExitCode> {
+    batch::set_status(db, batch_id, "interrupted").await?;
+    crate::outln!(
+        "batch {batch_id} interrupted while reading the source: {} row(s) planned, nothing sent",
+        plan.rows
+    );
+    if from_stdin {
+        crate::outln!(
+            "the rest of stdin was not read: `convoy resume {batch_id}` sends the rows planned, then run the rest as a new batch"
+        );
+    } else {
+        crate::outln!("`convoy resume {batch_id}` reads the source again and sends the batch");
+    }
+    Ok(ExitCode::from(exit::INTERRUPTED))
+}
+
 /// After the plan phase: check credentials and `--strict`, send, record the
 /// batch's end, print the summary, and choose the exit code.
 pub async fn send_phase(
@@ -80,6 +103,7 @@ pub async fn send_phase(
     plan: &PlanSummary,
     on_sandbox: bool,
     check_order: bool,
+    cancel: CancellationToken,
 ) -> anyhow::Result<ExitCode> {
     let Batch {
         db,
@@ -116,8 +140,6 @@ pub async fn send_phase(
         );
         return Ok(ExitCode::from(exit::STOPPED));
     }
-    let cancel = CancellationToken::new();
-    on_signals(cancel.clone(), batch_id.to_owned());
     let report = match batch::execute(b, cancel, g.quiet, to_send).await {
         Ok(r) => r,
         Err(e) => match e.downcast::<batch::StoppedEarly>() {

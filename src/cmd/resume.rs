@@ -10,6 +10,7 @@ use crate::source::{self, Source};
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Args)]
 pub struct ResumeArgs {
@@ -76,6 +77,8 @@ pub async fn run(g: &Global, a: ResumeArgs) -> anyhow::Result<ExitCode> {
     };
 
     let pass = batch::begin_pass(&db, &rec.id, &options).await?;
+    let cancel = CancellationToken::new();
+    super::on_signals(cancel.clone(), rec.id.clone());
     let plan = match reader {
         None => {
             eprintln!(
@@ -87,10 +90,14 @@ pub async fn run(g: &Global, a: ResumeArgs) -> anyhow::Result<ExitCode> {
             for w in &reader.columns.warnings {
                 eprintln!("warning: {w}");
             }
-            let progress = Progress::planning(g.quiet);
-            let found = batch::reconcile(&db, &rec.id, pass, reader, &endpoints, &progress).await;
+            let progress = Progress::planning(g.quiet, &format!("batch {}", rec.id));
+            let found =
+                batch::reconcile(&db, &rec.id, pass, reader, &endpoints, &progress, &cancel).await;
             progress.finish();
             match found {
+                Ok(r) if cancel.is_cancelled() => {
+                    return super::interrupted_while_planning(&db, &rec.id, &r.plan, false).await;
+                }
                 Ok(r) => {
                     if r.added > 0 {
                         eprintln!(
@@ -139,5 +146,5 @@ pub async fn run(g: &Global, a: ResumeArgs) -> anyhow::Result<ExitCode> {
         options: &options,
         endpoints: &endpoints,
     };
-    send_phase(g, &b, &plan, sandbox.is_some(), true).await
+    send_phase(g, &b, &plan, sandbox.is_some(), true, cancel).await
 }

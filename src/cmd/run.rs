@@ -9,6 +9,7 @@ use crate::source::{self, Source};
 use clap::Args;
 use std::collections::HashSet;
 use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -83,8 +84,10 @@ pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<ExitCode> {
         )));
     }
     let columns = reader.columns.names.clone();
-    let progress = Progress::planning(g.quiet);
-    let planned = batch::plan(&db, &name, reader, &endpoints, &progress).await;
+    let cancel = CancellationToken::new();
+    super::on_signals(cancel.clone(), name.clone());
+    let progress = Progress::planning(g.quiet, &format!("batch {name}"));
+    let planned = batch::plan(&db, &name, reader, &endpoints, &progress, &cancel).await;
     progress.finish();
     let plan = match planned {
         Ok(p) => p,
@@ -94,6 +97,9 @@ pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(usage(format_args!("{e}; nothing was sent")));
         }
     };
+    if cancel.is_cancelled() {
+        return super::interrupted_while_planning(&db, &name, &plan, source == Source::Stdin).await;
+    }
     if plan.rows == 0 {
         eprintln!("note: the source has a header but no rows");
     }
@@ -106,7 +112,7 @@ pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<ExitCode> {
     };
     // Rows from a `convoy failures` export must not undo newer edits.
     let from_export = columns.iter().any(|c| c == "from_batch");
-    send_phase(g, &b, &plan, sandbox.is_some(), from_export).await
+    send_phase(g, &b, &plan, sandbox.is_some(), from_export, cancel).await
 }
 
 /// `--dry-run`: every row validated and its call printed; no database, no network.

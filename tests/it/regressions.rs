@@ -431,3 +431,63 @@ async fn an_audit_failure_mid_send_stops_says_why_and_exits_3() {
     let twice = sb.requests().iter().filter(|r| r.status == 200).count();
     assert_eq!(twice, 50, "a row was sent twice or never");
 }
+
+/// SIGTERM or SIGINT while the rows were being planned killed the process
+/// (exit 143 or 130, no message) and left the batch `running`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_while_planning_records_and_marks_interrupted() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    for signal in ["-TERM", "-INT"] {
+        let sb = plain_sandbox().await;
+        let w = Work::new();
+        let mut child = w
+            .convoy(Some(&sb))
+            .args(["run", "-", "--batch", "night"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut rows = String::from("op,conversation_id\n");
+        for i in 0..3000 {
+            rows.push_str(&format!("attention.archive,c{i}\n"));
+        }
+        stdin.write_all(rows.as_bytes()).await.unwrap();
+        stdin.flush().await.unwrap();
+        // The plan phase has begun when it says so; stdin stays open, so it is still reading.
+        let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let began = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            while let Some(line) = stderr.next_line().await.unwrap() {
+                if line.contains("validating rows") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(began, Ok(true), "the plan phase never said it began");
+        let pid = child.id().unwrap().to_string();
+        let killed = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let out = child.wait_with_output().await.unwrap();
+        drop(stdin);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(130), "{signal}: {stdout}");
+        assert!(
+            stdout.contains("interrupted while reading the source"),
+            "{stdout}"
+        );
+        let (status,): (String,) = sqlx::query_as("SELECT status FROM batches WHERE id = 'night'")
+            .fetch_one(&w.db().await)
+            .await
+            .unwrap();
+        assert_eq!(status, "interrupted", "{signal}");
+        assert!(sb.requests().is_empty(), "{signal}: a call went out");
+        // Resumable: the rows planned are sent.
+        w.run(Some(&sb), &["resume", "night"]).await.expect(0);
+    }
+}
