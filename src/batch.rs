@@ -42,6 +42,12 @@ pub struct Options {
     /// This pass sends rows older than a succeeded edit of their conversation.
     #[serde(default)]
     pub send_older_edits: bool,
+    /// `--delimiter`, as given (found from the header when absent).
+    #[serde(default)]
+    pub delimiter: Option<char>,
+    /// `--encoding`, by its canonical name.
+    #[serde(default)]
+    pub encoding: Option<String>,
 }
 
 /// The send phase stopped because the audit database failed after sending
@@ -106,6 +112,14 @@ impl Options {
             sandbox: exec.sandbox || recorded.is_some_and(|r| r.sandbox),
             // Never inherited: each pass says it again.
             send_older_edits: input.send_older_edits,
+            delimiter: input
+                .delimiter
+                .map(char::from)
+                .or(recorded.and_then(|r| r.delimiter)),
+            encoding: input
+                .encoding
+                .map(|e| e.name().to_owned())
+                .or(recorded.and_then(|r| r.encoding.clone())),
         };
         o.check()?;
         Ok(o)
@@ -130,6 +144,17 @@ impl Options {
             Api::Vg => ("--vg-rate", &self.vg_rate),
         };
         s.parse().map_err(|e| ConfigError(format!("{flag}: {e}")))
+    }
+
+    /// How a CSV source is read.
+    pub fn csv_format(&self) -> crate::source::CsvFormat {
+        crate::source::CsvFormat {
+            delimiter: self.delimiter.and_then(|c| u8::try_from(c).ok()),
+            encoding: self
+                .encoding
+                .as_deref()
+                .and_then(|e| crate::source::parse_encoding(e).ok()),
+        }
     }
 
     pub fn default_op(&self) -> Option<Op> {

@@ -90,6 +90,14 @@ pub struct InputArgs {
     #[arg(long)]
     pub strict: bool,
 
+    /// The CSV delimiter: one character like ';', or tab [default: found from the header line]
+    #[arg(long, value_parser = crate::source::parse_delimiter)]
+    pub delimiter: Option<u8>,
+
+    /// The CSV file's encoding, like windows-1252 or latin1 (Excel's CSV export) [default: utf-8]
+    #[arg(long, value_parser = crate::source::parse_encoding)]
+    pub encoding: Option<&'static encoding_rs::Encoding>,
+
     /// Send a row even when a later edit of its conversation already succeeded (by default such a row is held, so a fix never undoes a newer edit).
     #[arg(long)]
     pub send_older_edits: bool,

@@ -28,6 +28,9 @@ pub struct SourceError(pub String);
 
 const SQLITE_MAGIC: &[u8] = b"SQLite format 3\0";
 
+/// What a non-UTF-8 byte in a CSV source says.
+const NOT_UTF8: &str = "bytes that are not UTF-8, so the file is in another encoding (Excel's CSV export is often windows-1252); nothing was sent. Pass --encoding windows-1252 (or the file's encoding), or convert it: iconv -f WINDOWS-1252 -t UTF-8 in.csv > out.csv";
+
 impl Source {
     /// Recognises `-`, a SQLite file (by its magic bytes), or else a CSV path.
     pub fn from_arg(arg: &str, table: Option<&str>) -> Result<Source, SourceError> {
@@ -48,10 +51,15 @@ impl Source {
             )));
         }
         let mut magic = [0u8; 16];
-        let is_sqlite = std::fs::File::open(&path)
+        let read = std::fs::File::open(&path)
             .and_then(|mut f| f.read_exact(&mut magic))
-            .is_ok()
-            && magic == SQLITE_MAGIC;
+            .is_ok();
+        let is_sqlite = read && magic == SQLITE_MAGIC;
+        if read && (magic.starts_with(b"PK\x03\x04") || magic.starts_with(b"\xD0\xCF\x11\xE0")) {
+            return Err(SourceError(format!(
+                "source {arg} is an Excel workbook, not CSV; in Excel use File > Save As > CSV UTF-8 (Comma delimited), then run that file"
+            )));
+        }
         if is_sqlite {
             return Ok(Source::Sqlite {
                 path,
@@ -118,8 +126,39 @@ pub struct Reader {
 
 const CHANNEL: usize = 1024;
 
+/// How a CSV source is written: `--delimiter` and `--encoding`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CsvFormat {
+    /// `None`: found from the header line (comma, semicolon or tab).
+    pub delimiter: Option<u8>,
+    /// `None`: UTF-8 (with or without a BOM).
+    pub encoding: Option<&'static encoding_rs::Encoding>,
+}
+
+/// `--encoding`: any WHATWG label (`windows-1252`, `latin1`, `utf-16le`, ...).
+pub fn parse_encoding(label: &str) -> Result<&'static encoding_rs::Encoding, String> {
+    encoding_rs::Encoding::for_label(label.trim().as_bytes()).ok_or_else(|| {
+        format!("{label:?} is not an encoding convoy knows; write utf-8, windows-1252 or latin1, for example")
+    })
+}
+
+/// `--delimiter`: one ASCII character, or `tab`.
+pub fn parse_delimiter(s: &str) -> Result<u8, String> {
+    match s {
+        "tab" | "\\t" | "\t" => Ok(b'\t'),
+        _ if s.len() == 1 && s.is_ascii() && s != "\"" && s != "\n" => Ok(s.as_bytes()[0]),
+        _ => Err(format!(
+            "{s:?} is not a delimiter; write one character like ';' or ',', or tab"
+        )),
+    }
+}
+
 /// Opens a source and starts streaming its rows.
-pub async fn open(source: &Source, default_op: Option<Op>) -> Result<Reader, SourceError> {
+pub async fn open(
+    source: &Source,
+    default_op: Option<Op>,
+    format: CsvFormat,
+) -> Result<Reader, SourceError> {
     match source {
         Source::Csv(path) => {
             let file = std::fs::File::open(path).map_err(|e| {
@@ -129,27 +168,49 @@ pub async fn open(source: &Source, default_op: Option<Op>) -> Result<Reader, Sou
                     io_reason(&e)
                 ))
             })?;
-            open_csv(
-                Box::new(std::io::BufReader::with_capacity(1 << 16, file)),
-                default_op,
-            )
-            .await
+            open_csv(Box::new(file), default_op, format).await
         }
-        Source::Stdin => open_csv(Box::new(std::io::stdin()), default_op).await,
+        Source::Stdin => open_csv(Box::new(std::io::stdin()), default_op, format).await,
         Source::Sqlite { path, table } => open_sqlite(path, table, default_op).await,
     }
+}
+
+/// The delimiter the header line uses most: comma, semicolon or tab.
+fn sniff_delimiter(input: &mut impl std::io::BufRead) -> u8 {
+    let head = input.fill_buf().unwrap_or(&[]);
+    let line = head.split(|b| *b == b'\n').next().unwrap_or(&[]);
+    let count = |d: u8| line.iter().filter(|b| **b == d).count();
+    [b',', b';', b'\t']
+        .into_iter()
+        .max_by_key(|d| (count(*d), *d == b','))
+        .unwrap_or(b',')
 }
 
 async fn open_csv(
     input: Box<dyn Read + Send>,
     default_op: Option<Op>,
+    format: CsvFormat,
 ) -> Result<Reader, SourceError> {
     let (header_tx, header_rx) = tokio::sync::oneshot::channel();
     let (tx, rx) = mpsc::channel(CHANNEL);
     tokio::task::spawn_blocking(move || {
+        let input: Box<dyn Read + Send> = match format.encoding {
+            // Transcoded to UTF-8 as it is read (a BOM, if any, wins).
+            Some(enc) if enc != encoding_rs::UTF_8 => Box::new(
+                encoding_rs_io::DecodeReaderBytesBuilder::new()
+                    .encoding(Some(enc))
+                    .build(input),
+            ),
+            _ => input,
+        };
+        let mut input = std::io::BufReader::with_capacity(1 << 16, input);
+        let delimiter = format
+            .delimiter
+            .unwrap_or_else(|| sniff_delimiter(&mut input));
         let mut rdr = csv::ReaderBuilder::new()
             .has_headers(true)
             .flexible(true)
+            .delimiter(delimiter)
             .from_reader(QuoteCounter {
                 inner: input,
                 quotes: 0,
@@ -170,19 +231,14 @@ async fn open_csv(
                     std::str::from_utf8(name)
                         .map(|s| s.trim().to_owned())
                         .map_err(|_| {
-                            SourceError(format!(
-                                "header column {} is not UTF-8; save the file as UTF-8",
-                                i + 1
-                            ))
+                            SourceError(format!("line 1, header column {}: {}", i + 1, NOT_UTF8))
                         })
                 })
                 .collect::<Result<Vec<_>, _>>(),
             Err(e) => Err(SourceError(format!("the source is not readable CSV: {e}"))),
         };
-        let width = match &header {
-            Ok(h) => h.len(),
-            Err(_) => 0,
-        };
+        let names = header.as_ref().map(Vec::clone).unwrap_or_default();
+        let width = names.len();
         if header_tx.send(header).is_err() || width == 0 {
             return;
         }
@@ -208,6 +264,17 @@ async fn open_csv(
                 Ok(true) => {
                     number += 1;
                     let multiline = record.iter().any(|f| f.contains(&b'\n'));
+                    if let Some(i) = record.iter().position(|f| std::str::from_utf8(f).is_err()) {
+                        // The encoding is the file's, not the row's: refuse it all.
+                        let line = record.position().map_or(number + 1, |p| p.line());
+                        let _ = tx.blocking_send(Err(SourceError(format!(
+                            "line {line} (data row {number}), column {}: {NOT_UTF8}",
+                            names
+                                .get(i)
+                                .map_or_else(|| format!("#{}", i + 1), |n| n.clone()),
+                        ))));
+                        return;
+                    }
                     let row = csv_row(number, &record, width);
                     if let Some((prev, _)) = held.replace((row, multiline))
                         && tx.blocking_send(Ok(prev)).is_err()
@@ -262,17 +329,10 @@ fn csv_row(number: u64, record: &csv::ByteRecord, width: usize) -> Row {
         ));
         return row;
     }
-    for (i, field) in record.iter().enumerate() {
-        match std::str::from_utf8(field) {
-            Ok(s) => row.cells.push((!s.is_empty()).then(|| s.to_owned())),
-            Err(_) => {
-                row.problem = Some((
-                    Some(format!("#{}", i + 1)),
-                    "is not valid UTF-8; save the file as UTF-8".into(),
-                ));
-                row.cells.push(None);
-            }
-        }
+    for field in record.iter() {
+        // Checked by the caller: every field is UTF-8.
+        let s = String::from_utf8_lossy(field);
+        row.cells.push((!s.is_empty()).then(|| s.into_owned()));
     }
     row
 }

@@ -65,7 +65,7 @@ pub async fn run(g: &Global, a: ResumeArgs) -> anyhow::Result<ExitCode> {
         _ => Some(Source::Csv(PathBuf::from(&rec.source))),
     };
     let reader = match &source {
-        Some(s) => match source::open(s, options.default_op()).await {
+        Some(s) => match source::open(s, options.default_op(), options.csv_format()).await {
             Ok(r) => Some(r),
             Err(e) => {
                 return Ok(usage(format_args!(

@@ -53,7 +53,7 @@ pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<ExitCode> {
         Ok(pair) => pair,
         Err(e) => return Ok(usage(e)),
     };
-    let reader = match source::open(&source, options.default_op()).await {
+    let reader = match source::open(&source, options.default_op(), options.csv_format()).await {
         Ok(r) => r,
         Err(e) => return Ok(usage(e)),
     };

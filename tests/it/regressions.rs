@@ -491,3 +491,52 @@ async fn a_signal_while_planning_records_and_marks_interrupted() {
         w.run(Some(&sb), &["resume", "night"]).await.expect(0);
     }
 }
+
+/// Non-UTF-8 bytes in a CSV made only their row invalid (named `#4`) while
+/// the rest were sent: the encoding is the file's, so the file is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_utf8_csv_is_refused_whole_naming_line_and_column() {
+    let sb = plain_sandbox().await;
+    let w = Work::new();
+    let src = w.path("excel.csv");
+    std::fs::write(
+        &src,
+        b"op,conversation_id,title\nattention.update,c0,Fine\nattention.update,c1,Caf\xe9 \x80 deal\n",
+    )
+    .unwrap();
+    let out = w
+        .run(Some(&sb), &["run", "excel.csv", "--batch", "x"])
+        .await;
+    out.expect(2);
+    let err = out.stderr();
+    assert!(
+        err.contains("line 3 (data row 2), column title")
+            && err.contains("--encoding windows-1252"),
+        "{err}"
+    );
+    assert!(sb.requests().is_empty(), "a row was sent");
+    // Read as what it is, every character arrives as written, and resume keeps the encoding.
+    w.run(
+        Some(&sb),
+        &[
+            "run",
+            "excel.csv",
+            "--batch",
+            "x",
+            "--encoding",
+            "windows-1252",
+        ],
+    )
+    .await
+    .expect(0);
+    assert_eq!(
+        sb.attention_conversation("c1").unwrap()["title"],
+        "Café € deal"
+    );
+    let (enc,): (String,) =
+        sqlx::query_as("SELECT options ->> 'encoding' FROM batches WHERE id = 'x'")
+            .fetch_one(&w.db().await)
+            .await
+            .unwrap();
+    assert_eq!(enc, "windows-1252");
+}
