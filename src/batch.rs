@@ -489,6 +489,9 @@ pub async fn execute(
     counters
         .total
         .store(to_send.saturating_sub(damaged), Relaxed);
+    counters
+        .invalid
+        .store(tally(db, batch_id).await?.invalid, Relaxed);
     let (recorder, writer) = Recorder::start(db, batch_id).await?;
     let client = http_client(options)?;
     let mut lanes = Vec::with_capacity(2);
@@ -515,7 +518,8 @@ pub async fn execute(
         attention,
         vg,
     ));
-    let progress = Progress::sending(counters.clone(), pacers.clone(), quiet);
+    let described = executor.clone();
+    let progress = Progress::sending(counters.clone(), move || described.bounds(), quiet);
     let started = std::time::Instant::now();
     // One lane per API: its own reader (its rows in source order) and its
     // own loop, so neither API ever waits for the other.
@@ -541,6 +545,8 @@ pub async fn execute(
     let elapsed = started.elapsed();
     let _ = recorder.flush().await;
     let stops = executor.stops();
+    // The progress ticker holds the executor (and so the recorder): stop it first.
+    progress.finish();
     drop(executor);
     drop(recorder);
     let written = writer
@@ -558,7 +564,6 @@ pub async fn execute(
     let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
         .execute(&db.pool)
         .await;
-    progress.finish();
     for (api, pacer) in Api::ALL.into_iter().zip(pacers) {
         if let Some(rate) = pacer.learned() {
             remember_rate(db, api, &endpoints.get(api).base, rate).await?;

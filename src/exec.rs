@@ -45,6 +45,8 @@ pub struct Counters {
     pub retrying: AtomicU64,
     /// Rows left `pending` (their API stopped, or the batch was interrupted).
     pub left_pending: AtomicU64,
+    /// Rows found invalid before sending (shown beside the progress).
+    pub invalid: AtomicU64,
     pub http_attempts: AtomicU64,
 }
 
@@ -94,6 +96,8 @@ pub struct ApiLane {
     latency_us: AtomicU64,
     /// Calls answered so far (slow start of the in-flight budget while unpaced).
     answered: AtomicU64,
+    /// Rows of this lane being worked on now (waiting for the pace, or on the wire).
+    running: AtomicU64,
 }
 
 /// `--concurrency auto`: the fewest calls in flight a lane keeps, the budget
@@ -117,6 +121,7 @@ impl ApiLane {
             stopped: AtomicBool::new(false),
             latency_us: AtomicU64::new(0),
             answered: AtomicU64::new(0),
+            running: AtomicU64::new(0),
         }
     }
 
@@ -220,6 +225,36 @@ impl Executor {
         self.lane(api).stopped.load(Relaxed)
     }
 
+    /// What bounds each API now, for the progress line: stopped, paused by
+    /// a `Retry-After`, its pace (and where the pace comes from), or its
+    /// calls in flight against their budget.
+    pub fn bounds(&self) -> String {
+        Api::ALL
+            .map(|api| {
+                let lane = self.lane(api);
+                let running = lane.running.load(Relaxed);
+                let limit = lane.in_flight_limit(self.settings.concurrency);
+                let what = if lane.stopped.load(Relaxed) {
+                    "stopped (key rejected)".to_owned()
+                } else if let Some(left) = lane.pacer.paused_for() {
+                    format!("paused {} (Retry-After)", crate::cli::show_duration(left))
+                } else {
+                    let pace = match lane.pacer.rate() {
+                        Some(r) => format!("{r:.1}/s {}", lane.pacer.kind()),
+                        None => "unpaced".to_owned(),
+                    };
+                    let full = if running as usize >= limit {
+                        " full"
+                    } else {
+                        ""
+                    };
+                    format!("{pace}, {running}/{limit} in flight{full}")
+                };
+                format!("{api} {what}")
+            })
+            .join(" | ")
+    }
+
     /// Runs every job of one API's lane from `jobs` and returns when all are
     /// recorded (or the run was cancelled and the calls in flight have
     /// finished). Each API runs its own loop: [`ApiLane`].
@@ -291,7 +326,12 @@ impl Executor {
     fn spawn(self: &Arc<Self>, job: Job) -> impl Future<Output = (Api, Arc<str>)> + use<> {
         let me = self.clone();
         let key = (job.api, job.conversation_id.clone());
-        let handle = tokio::spawn(async move { me.work(job).await });
+        self.lane(job.api).running.fetch_add(1, Relaxed);
+        let handle = tokio::spawn(async move {
+            let api = job.api;
+            me.work(job).await;
+            me.lane(api).running.fetch_sub(1, Relaxed);
+        });
         async move {
             // A worker never panics by design; if one did, the row stays in_flight (outcome unknown).
             let _ = handle.await;

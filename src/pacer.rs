@@ -532,6 +532,23 @@ impl Pacer {
         self.tell(sent, Auto::on_429);
     }
 
+    /// How long a `Retry-After` (or a spent quota) still holds every call.
+    pub fn paused_for(&self) -> Option<Duration> {
+        let until = self.lock().paused_until?;
+        let left = until.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then_some(left)
+    }
+
+    /// Where the pace comes from: `fixed`, `auto`, or `unlimited`.
+    pub fn kind(&self) -> &'static str {
+        let s = self.lock();
+        match (&s.auto, s.remember) {
+            (None, _) => "fixed",
+            (Some(_), true) => "auto",
+            (Some(_), false) => "unlimited",
+        }
+    }
+
     /// The current pace in calls per second; `None` when unpaced.
     pub fn rate(&self) -> Option<f64> {
         let s = self.lock();

@@ -4,7 +4,6 @@
 //! progress line every few seconds instead; `--quiet` silences both.
 
 use crate::exec::Counters;
-use crate::pacer::Pacer;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -59,16 +58,22 @@ impl Progress {
     }
 
     /// The send phase: a bar on a terminal, plain lines elsewhere.
-    pub fn sending(counters: Arc<Counters>, pacers: [Arc<Pacer>; 2], quiet: bool) -> Progress {
+    /// `bounds` says what limits each API now (see `Executor::bounds`).
+    pub fn sending(
+        counters: Arc<Counters>,
+        bounds: impl Fn() -> String + Send + 'static,
+        quiet: bool,
+    ) -> Progress {
         if quiet {
             return Progress::none();
         }
         let total = counters.total.load(Relaxed);
+        let t0 = Instant::now();
         if std::io::stderr().is_terminal() {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{bar:30.cyan/blue} {pos}/{len} {per_sec:>9} eta {eta:>4} {msg}",
+                    "{bar:20.cyan/blue} {pos}/{len} {percent}% {elapsed} eta {eta} {msg}",
                 )
                 .expect("template")
                 .progress_chars("=> "),
@@ -77,7 +82,7 @@ impl Progress {
             let ticker = tokio::spawn(async move {
                 loop {
                     b.set_position(counters.done.load(Relaxed));
-                    b.set_message(counts(&counters, &pacers));
+                    b.set_message(format!("{}\n  {}", counts(&counters, t0), bounds()));
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             });
@@ -87,12 +92,10 @@ impl Progress {
             };
         }
         let ticker = tokio::spawn(async move {
-            let t0 = Instant::now();
             loop {
                 tokio::time::sleep(PLAIN_EVERY).await;
                 let done = counters.done.load(Relaxed);
-                let secs = t0.elapsed().as_secs_f64();
-                let rate = done as f64 / secs.max(0.001);
+                let rate = done as f64 / t0.elapsed().as_secs_f64().max(0.001);
                 let eta = if rate > 0.0 && total > done {
                     format!(
                         ", eta {}",
@@ -104,9 +107,11 @@ impl Progress {
                     String::new()
                 };
                 eprintln!(
-                    "progress: {done}/{total} done ({:.0}%), {rate:.1} rows/s{eta}, {}",
+                    "progress: {done}/{total} ({:.0}%) in {}{eta}, {} | {}",
                     100.0 * done as f64 / total.max(1) as f64,
-                    counts(&counters, &pacers)
+                    crate::cli::show_duration(t0.elapsed()),
+                    counts(&counters, t0),
+                    bounds()
                 );
             }
         });
@@ -134,17 +139,14 @@ impl Progress {
     }
 }
 
-fn counts(c: &Counters, pacers: &[Arc<Pacer>; 2]) -> String {
-    let pace = |p: &Pacer| {
-        p.rate()
-            .map_or("unpaced".to_owned(), |r| format!("{r:.1}/s"))
-    };
+fn counts(c: &Counters, t0: Instant) -> String {
+    let done = c.done.load(Relaxed);
     format!(
-        "ok {} failed {} retrying {} | pace attention {} vg {}",
+        "{:.1} rows/s, ok {} failed {} invalid {} retrying {}",
+        done as f64 / t0.elapsed().as_secs_f64().max(0.001),
         c.succeeded.load(Relaxed),
         c.failed.load(Relaxed),
+        c.invalid.load(Relaxed),
         c.retrying.load(Relaxed),
-        pace(&pacers[0]),
-        pace(&pacers[1]),
     )
 }

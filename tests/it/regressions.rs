@@ -540,3 +540,47 @@ async fn a_non_utf8_csv_is_refused_whole_naming_line_and_column() {
             .unwrap();
     assert_eq!(enc, "windows-1252");
 }
+
+/// A `Retry-After` pause of up to 300 s was invisible in the progress line
+/// ("retrying 0"), whose rate had nine decimals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_pause_shows_in_the_progress_line() {
+    let sb = plain_sandbox().await;
+    sb.script(
+        "c0",
+        [Scripted::Status {
+            status: 429,
+            retry_after: Some("7".into()),
+            body: None,
+        }],
+    );
+    let w = Work::new();
+    w.write(
+        "n.csv",
+        "op,conversation_id\nattention.archive,c0\nattention.archive,c1\nattention.nope,c2\n",
+    );
+    let out = w.run(Some(&sb), &["run", "n.csv"]).await;
+    out.expect(1);
+    let progress = out
+        .stderr()
+        .lines()
+        .find(|l| l.starts_with("progress:"))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no progress line in\n{}", out.stderr()));
+    assert!(
+        progress.contains("attention paused") && progress.contains("(Retry-After)"),
+        "{progress}"
+    );
+    assert!(progress.contains("invalid 1"), "{progress}");
+    let rate = progress
+        .split(" rows/s")
+        .next()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap();
+    assert!(
+        rate.split('.').nth(1).is_some_and(|d| d.len() == 1),
+        "{progress}"
+    );
+}
