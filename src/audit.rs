@@ -444,6 +444,18 @@ pub async fn mark_unreadable(db: &Db, rowid: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Rows of one API in a batch that are still to send (`pending` or `in_flight`).
+pub async fn unsent_for_api(db: &Db, batch_id: &str, api: Api) -> anyhow::Result<u64> {
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM audit WHERE batch_id = ?1 AND api = ?2 AND status IN ('pending', 'in_flight')",
+    )
+    .bind(batch_id)
+    .bind(api.name())
+    .fetch_one(&db.pool)
+    .await?;
+    Ok(n as u64)
+}
+
 /// One HTTP attempt, for the `attempts` table.
 #[derive(Clone, Debug)]
 pub struct AttemptRecord {

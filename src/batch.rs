@@ -429,8 +429,9 @@ pub async fn plan(
     inserted(inserter).await?;
     if sum.invalid > SHOWN {
         progress.println(&format!(
-            "... and {} more invalid rows (`convoy failures {batch_id}` lists them all)",
-            sum.invalid - SHOWN
+            "... and {} more invalid rows (`convoy failures {}` lists them all)",
+            sum.invalid - SHOWN,
+            crate::cmd::shell_quote(batch_id)
         ));
     }
     if notes > SHOWN {

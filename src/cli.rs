@@ -16,12 +16,28 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 
-    /// The audit database (created and migrated when missing).
-    #[arg(long, global = true, env = "CONVOY_DB", default_value = "convoy.db")]
-    pub db: PathBuf,
+    /// The audit database (also after the command) [env: CONVOY_DB] [default: convoy.db]
+    #[arg(long)]
+    pub db: Option<PathBuf>,
 
+    /// No progress bar or progress lines (also after run and resume).
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// `--db`, for the commands that read or write the audit database.
+#[derive(Debug, Args, Clone, Default)]
+pub struct DbArg {
+    /// The audit database, created and migrated when missing [env: CONVOY_DB] [default: convoy.db]
+    #[arg(long, value_name = "PATH", help_heading = "Audit and output")]
+    pub db: Option<PathBuf>,
+}
+
+/// `--quiet`, for the commands that show progress.
+#[derive(Debug, Args, Clone, Default)]
+pub struct QuietArg {
     /// No progress bar or progress lines (the summary and errors still print).
-    #[arg(long, short, global = true)]
+    #[arg(long, short, help_heading = "Audit and output")]
     pub quiet: bool,
 }
 
@@ -41,17 +57,18 @@ pub enum Command {
 
 /// How calls are made: shared by `run` and `resume`.
 #[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Sending")]
 pub struct ExecArgs {
     /// Calls in flight per API: auto (sized from each API's latency and pace), or N as a hard cap [default: auto]
     #[arg(long, value_parser = parse_concurrency)]
     pub concurrency: Option<Concurrency>,
 
     /// Attention pace: N/s, N/min, N/h, 0 (unlimited), auto, or auto:N/s (auto with a ceiling) [default: auto]
-    #[arg(long, env = "CONVOY_ATTENTION_RATE")]
+    #[arg(long, env = "CONVOY_ATTENTION_RATE", help_heading = "Pacing")]
     pub attention_rate: Option<RateSpec>,
 
     /// VG pace, as --attention-rate [default: auto]
-    #[arg(long, env = "CONVOY_VG_RATE")]
+    #[arg(long, env = "CONVOY_VG_RATE", help_heading = "Pacing")]
     pub vg_rate: Option<RateSpec>,
 
     /// Attempts per row in all, retries included [default: 5]
@@ -63,24 +80,30 @@ pub struct ExecArgs {
     pub timeout: Option<Duration>,
 
     /// Attention base URL [default: https://api.attention.tech/v2]
-    #[arg(long, env = "ATTENTION_BASE_URL")]
+    #[arg(long, env = "ATTENTION_BASE_URL", help_heading = "Endpoints")]
     pub attention_url: Option<String>,
 
     /// VG base URL (picks the region) [default: https://eu-cloudflare.vg-stuff.com]
-    #[arg(long, env = "VG_BASE_URL")]
+    #[arg(long, env = "VG_BASE_URL", help_heading = "Endpoints")]
     pub vg_url: Option<String>,
 
     /// How the Attention key is sent: raw (`Authorization: <key>`) or bearer [default: raw]
-    #[arg(long, env = "ATTENTION_AUTH_SCHEME", value_enum)]
+    #[arg(
+        long,
+        env = "ATTENTION_AUTH_SCHEME",
+        value_enum,
+        help_heading = "Endpoints"
+    )]
     pub attention_auth_scheme: Option<AuthScheme>,
 
     /// Run against an in-process sandbox of both APIs: no keys, no network.
-    #[arg(long)]
+    #[arg(long, help_heading = "Endpoints")]
     pub sandbox: bool,
 }
 
 /// How rows are read: shared by `run` and `resume`.
 #[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Input")]
 pub struct InputArgs {
     /// The op of every row, for a source without an `op` column (a row's own op wins).
     #[arg(long, value_parser = parse_op)]
@@ -124,8 +147,11 @@ fn parse_concurrency(s: &str) -> Result<Concurrency, String> {
 
 fn parse_op(s: &str) -> Result<Op, String> {
     Op::parse(s).ok_or_else(|| {
+        let hint = crate::edit::did_you_mean(s, Op::ALL.iter().map(|o| o.name()))
+            .map(|n| format!(" (did you mean {n}?)"))
+            .unwrap_or_default();
         format!(
-            "unknown op {s:?}; known ops: {}",
+            "unknown op {s:?}{hint}; known ops: {}",
             Op::ALL.map(Op::name).join(", ")
         )
     })
@@ -176,12 +202,21 @@ pub fn show_duration(d: Duration) -> String {
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let Cli { command, db, quiet } = cli;
-    let global = crate::cmd::Global { db, quiet };
+    // After the command wins over before it, then CONVOY_DB, then the default.
+    let global = |sub: &DbArg, sub_quiet: bool| crate::cmd::Global {
+        db: sub
+            .db
+            .clone()
+            .or_else(|| db.clone())
+            .or_else(|| std::env::var_os("CONVOY_DB").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("convoy.db")),
+        quiet: quiet || sub_quiet,
+    };
     match command {
-        Command::Run(a) => crate::cmd::run::run(&global, a).await,
-        Command::Resume(a) => crate::cmd::resume::run(&global, a).await,
-        Command::Status(a) => crate::cmd::status::run(&global, a).await,
-        Command::Failures(a) => crate::cmd::failures::run(&global, a).await,
+        Command::Run(a) => crate::cmd::run::run(&global(&a.db, a.quiet.quiet), a).await,
+        Command::Resume(a) => crate::cmd::resume::run(&global(&a.db, a.quiet.quiet), a).await,
+        Command::Status(a) => crate::cmd::status::run(&global(&a.db, false), a).await,
+        Command::Failures(a) => crate::cmd::failures::run(&global(&a.db, false), a).await,
         Command::Sandbox(a) => crate::cmd::sandbox::run(a).await,
     }
 }

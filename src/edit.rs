@@ -823,6 +823,11 @@ const VG_FIELDS: &[(&str, Ty)] = &[
     ("capturedVariables", Ty::Any),
 ];
 
+/// Whether `name` is one of VG's documented conversation fields.
+pub fn is_vg_field(name: &str) -> bool {
+    VG_FIELDS.iter().any(|(n, _)| *n == name)
+}
+
 /// Checks one VG conversation field: a known name, with its documented JSON type.
 pub fn check_vg_field(name: &str, value: &Value) -> Result<(), String> {
     let Some((_, ty)) = VG_FIELDS.iter().find(|(n, _)| *n == name) else {

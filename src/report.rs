@@ -35,10 +35,15 @@ pub async fn batches(db: &Db, only: Option<&str>) -> anyhow::Result<Vec<BatchLin
         created_at: String,
         finished_at: Option<String>,
         send_seconds: f64,
+        first_sent: Option<String>,
+        last_answer: Option<String>,
     }
+    // The rows' own times are read only for a batch with no sending time recorded.
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT id, status, created_at, finished_at, send_seconds FROM batches \
-         WHERE ?1 IS NULL OR id = ?1 ORDER BY created_at DESC, id",
+        "SELECT id, status, created_at, finished_at, send_seconds, \
+           CASE WHEN send_seconds = 0 THEN (SELECT min(started_at) FROM audit WHERE batch_id = b.id) END AS first_sent, \
+           CASE WHEN send_seconds = 0 THEN (SELECT max(finished_at) FROM audit WHERE batch_id = b.id) END AS last_answer \
+         FROM batches b WHERE ?1 IS NULL OR id = ?1 ORDER BY created_at DESC, id",
     )
     .bind(only)
     .fetch_all(&db.pool)
@@ -79,10 +84,23 @@ pub async fn batches(db: &Db, only: Option<&str>) -> anyhow::Result<Vec<BatchLin
                 _ => 0.0,
             };
             let answered = (counts.succeeded + counts.failed) as f64;
+            // A batch whose process died never recorded its sending time:
+            // the span of its rows' own times stands in.
+            let send_seconds = if r.send_seconds > 0.0 {
+                r.send_seconds
+            } else {
+                match (
+                    r.first_sent.as_deref().and_then(parse_time),
+                    r.last_answer.as_deref().and_then(parse_time),
+                ) {
+                    (Some(s), Some(e)) => ((e - s).num_milliseconds() as f64 / 1000.0).max(0.0),
+                    _ => 0.0,
+                }
+            };
             BatchLine {
                 stale: r.status == "running" && !db.batch_is_held(&r.id),
-                rate_per_second: if r.send_seconds > 0.0 {
-                    answered / r.send_seconds
+                rate_per_second: if send_seconds > 0.0 {
+                    answered / send_seconds
                 } else {
                     0.0
                 },
@@ -91,7 +109,7 @@ pub async fn batches(db: &Db, only: Option<&str>) -> anyhow::Result<Vec<BatchLin
                 created_at: r.created_at,
                 finished_at: r.finished_at,
                 duration_seconds,
-                send_seconds: r.send_seconds,
+                send_seconds,
                 counts,
             }
         })
@@ -149,6 +167,8 @@ pub struct Detail {
     pub clusters: Vec<Cluster>,
     /// The pace `auto` learned, per API and base URL.
     pub learned_rates: Vec<LearnedRate>,
+    /// Rows that succeeded although the API's body was not JSON (an HTML page, say).
+    pub not_json: u64,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -234,7 +254,19 @@ pub async fn detail(db: &Db, id: &str) -> anyhow::Result<Option<Detail>> {
         attempts,
         clusters: clusters(db, id).await?,
         learned_rates: learned_rates(db).await?,
+        not_json: not_json(db, id).await?,
     }))
+}
+
+/// Rows of a batch that succeeded with a body that is not JSON.
+pub async fn not_json(db: &Db, id: &str) -> anyhow::Result<u64> {
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM audit WHERE batch_id = ?1 AND status = 'succeeded' AND error LIKE '%body is not JSON%'",
+    )
+    .bind(id)
+    .fetch_one(&db.pool)
+    .await?;
+    Ok(n as u64)
 }
 
 /// A row that has not succeeded, as the reports read it.
@@ -308,8 +340,9 @@ pub fn mask(error: &str) -> String {
     let mut out = String::with_capacity(error.len());
     let mut chars = error.chars().peekable();
     let mut word = String::new();
+    // A field name with a digit in it (ratingFrom5) is a name, not a value.
     let flush = |word: &mut String, out: &mut String| {
-        if word.chars().any(|c| c.is_ascii_digit()) {
+        if word.chars().any(|c| c.is_ascii_digit()) && !crate::edit::is_vg_field(word) {
             out.push('#');
         } else {
             out.push_str(word);
@@ -429,6 +462,11 @@ mod tests {
         assert_eq!(
             mask("row 3 (row_id n-003), column skip_analysis: \"maybe\" is not a boolean"),
             "row # (row_id #), column skip_analysis: \"…\" is not a boolean"
+        );
+        // A field's name stays a name.
+        assert_eq!(
+            mask("field ratingFrom5 must be a number, not a string"),
+            "field ratingFrom5 must be a number, not a string"
         );
         assert_ne!(
             mask("timed out after 30s"),

@@ -21,6 +21,9 @@ pub struct FailuresArgs {
     /// Only the rows of this failure cluster (numbered by `convoy status NAME`).
     #[arg(long)]
     pub cluster: Option<usize>,
+
+    #[command(flatten)]
+    pub db: crate::cli::DbArg,
 }
 
 pub async fn run(g: &Global, a: FailuresArgs) -> anyhow::Result<ExitCode> {
@@ -47,7 +50,8 @@ pub async fn run(g: &Global, a: FailuresArgs) -> anyhow::Result<ExitCode> {
                 None => {
                     return Ok(usage(format_args!(
                         "batch {} has no failure cluster #{n}; `convoy status {}` lists them",
-                        a.batch, a.batch
+                        a.batch,
+                        super::shell_quote(&a.batch)
                     )));
                 }
             }

@@ -28,6 +28,20 @@ pub mod exit {
     pub const INTERRUPTED: u8 = 130;
 }
 
+/// `name` as one shell word, for the commands that hints suggest: as it is
+/// when it is plain, else in single quotes.
+pub fn shell_quote(name: &str) -> std::borrow::Cow<'_, str> {
+    let plain = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-:+@/=,%".contains(c));
+    if plain {
+        name.into()
+    } else {
+        format!("'{}'", name.replace('\'', "'\\''")).into()
+    }
+}
+
 /// Prints a usage, configuration or source error and gives exit 2.
 pub fn usage(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {msg}");
@@ -67,7 +81,8 @@ pub fn on_signals(cancel: CancellationToken, batch_id: String) {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-        eprintln!("exiting at once; `convoy resume {batch_id}` continues the batch");
+        let q = shell_quote(&batch_id);
+        eprintln!("exiting at once; `convoy resume {q}` continues the batch");
         std::process::exit(i32::from(exit::INTERRUPTED));
     });
 }
@@ -80,6 +95,7 @@ pub async fn interrupted_while_planning(
     plan: &PlanSummary,
     from_stdin: bool,
 ) -> anyhow::Result<ExitCode> {
+    let q = shell_quote(batch_id);
     batch::set_status(db, batch_id, "interrupted").await?;
     crate::outln!(
         "batch {batch_id} interrupted while reading the source: {} row(s) planned, nothing sent",
@@ -87,10 +103,10 @@ pub async fn interrupted_while_planning(
     );
     if from_stdin {
         crate::outln!(
-            "the rest of stdin was not read: `convoy resume {batch_id}` sends the rows planned, then run the rest as a new batch"
+            "the rest of stdin was not read: `convoy resume {q}` sends the rows planned, then run the rest as a new batch"
         );
     } else {
-        crate::outln!("`convoy resume {batch_id}` reads the source again and sends the batch");
+        crate::outln!("`convoy resume {q}` reads the source again and sends the batch");
     }
     Ok(ExitCode::from(exit::INTERRUPTED))
 }
@@ -112,6 +128,7 @@ pub async fn send_phase(
         options,
         endpoints,
     } = *b;
+    let q = shell_quote(batch_id);
     let held = if check_order && !options.send_older_edits {
         crate::audit::hold_older_edits(db, batch_id, pass).await?
     } else {
@@ -129,13 +146,13 @@ pub async fn send_phase(
     if let Err(ConfigError(e)) = endpoints.require(plan.per_api) {
         batch::set_status(db, batch_id, "failed").await?;
         eprintln!("error: {e}");
-        eprintln!("nothing was sent; once it is set, `convoy resume {batch_id}` sends the batch");
+        eprintln!("nothing was sent; once it is set, `convoy resume {q}` sends the batch");
         return Ok(ExitCode::from(exit::USAGE));
     }
     if options.strict && plan.invalid > 0 {
         batch::set_status(db, batch_id, "failed").await?;
         eprintln!(
-            "--strict: {} invalid row(s), so nothing was sent; fix them (`convoy failures {batch_id}`) and `convoy resume {batch_id}`",
+            "--strict: {} invalid row(s), so nothing was sent; fix them (`convoy failures {q}`) and `convoy resume {q}`",
             plan.invalid
         );
         return Ok(ExitCode::from(exit::STOPPED));
@@ -147,7 +164,7 @@ pub async fn send_phase(
                 let marked = batch::set_status(db, batch_id, "interrupted").await.is_ok();
                 eprintln!("error: {stopped}");
                 eprintln!(
-                    "stopped sending; calls already answered may not be recorded.{} Once the database is healthy, `convoy resume {batch_id}` sends the rest",
+                    "stopped sending; calls already answered may not be recorded.{} Once the database is healthy, `convoy resume {q}` sends the rest",
                     if marked {
                         " The batch is marked interrupted."
                     } else {
@@ -196,20 +213,26 @@ pub async fn send_phase(
         sent as f64 / secs.max(0.001),
     );
     for stop in &report.stops {
+        let left = crate::audit::unsent_for_api(db, batch_id, stop.api).await?;
         crate::outln!(
-            "stopped the {} API after HTTP {}: its key was rejected; {} row(s) left pending. Fix the key, then `convoy resume {batch_id}`",
+            "stopped the {} API after HTTP {}: its key was rejected; {left} of its row(s) left pending. Fix the key, then `convoy resume {q}`",
             stop.api,
-            stop.http_status,
-            tally.pending
+            stop.http_status
+        );
+    }
+    let not_json = crate::report::not_json(db, batch_id).await?;
+    if not_json > 0 {
+        eprintln!(
+            "warning: {not_json} row(s) succeeded, but the API answered with a body that is not JSON (an HTML page?); `convoy status {q}` counts them"
         );
     }
     if held > 0 {
         crate::outln!(
-            "held {held} row(s): a later edit of the same conversation already succeeded, so sending them would undo it; `convoy resume {batch_id} --send-older-edits` sends them anyway"
+            "held {held} row(s): a later edit of the same conversation already succeeded, so sending them would undo it; `convoy resume {q} --send-older-edits` sends them anyway"
         );
     }
     if report.interrupted {
-        crate::outln!("interrupted: `convoy resume {batch_id}` sends the rest");
+        crate::outln!("interrupted: `convoy resume {q}` sends the rest");
         return Ok(ExitCode::from(exit::INTERRUPTED));
     }
     if !report.stops.is_empty() {
@@ -217,7 +240,7 @@ pub async fn send_phase(
     }
     if tally.unfinished() > 0 {
         crate::outln!(
-            "next: `convoy failures {batch_id} --output fix.csv` to fix them, or `convoy status {batch_id}`"
+            "next: `convoy failures {q} --output fix.csv` to fix them, or `convoy status {q}`"
         );
         return Ok(ExitCode::from(exit::ROWS_FAILED));
     }

@@ -22,6 +22,12 @@ pub struct ResumeArgs {
 
     #[command(flatten)]
     pub exec: ExecArgs,
+
+    #[command(flatten)]
+    pub db: crate::cli::DbArg,
+
+    #[command(flatten)]
+    pub quiet: crate::cli::QuietArg,
 }
 
 pub async fn run(g: &Global, a: ResumeArgs) -> anyhow::Result<ExitCode> {

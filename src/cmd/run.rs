@@ -33,6 +33,12 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub exec: ExecArgs,
+
+    #[command(flatten)]
+    pub db: crate::cli::DbArg,
+
+    #[command(flatten)]
+    pub quiet: crate::cli::QuietArg,
 }
 
 pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<ExitCode> {
@@ -66,11 +72,19 @@ pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<ExitCode> {
 
     let db = Db::open(&g.db).await?;
     let name = a.batch.clone().unwrap_or_else(|| {
-        format!(
-            "{}-{}",
-            source.stem(),
-            chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
-        )
+        // One shell word: spaces and the like in a file name become dashes.
+        let stem: String = source
+            .stem()
+            .chars()
+            .map(|c| {
+                if c.is_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        format!("{}-{}", stem, chrono::Utc::now().format("%Y%m%dT%H%M%SZ"))
     });
     // Held until this process ends: a `resume` of this batch meanwhile refuses.
     let _claim = match db.lock_batch(&name)? {
@@ -79,8 +93,9 @@ pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<ExitCode> {
     };
     if !batch::create(&db, &name, &source, &reader.columns.names, &options).await? {
         return Ok(usage(format_args!(
-            "batch {name:?} already exists in {}; to continue it: convoy resume {name}",
-            g.db.display()
+            "batch {name:?} already exists in {}; to continue it: convoy resume {}",
+            g.db.display(),
+            super::shell_quote(&name)
         )));
     }
     let columns = reader.columns.names.clone();

@@ -105,7 +105,11 @@ pub async fn run(a: SandboxArgs) -> anyhow::Result<ExitCode> {
         record: !a.no_log,
     };
     let sb = Sandbox::start(config.clone(), a.listen).await?;
-    crate::outln!("convoy sandbox listening on http://{}", sb.addr);
+    crate::outln!(
+        "convoy sandbox listening on {} (reach it at http://{})",
+        sb.addr,
+        sb.reachable()
+    );
     crate::outln!("  export ATTENTION_BASE_URL={}", sb.attention_url());
     crate::outln!("  export VG_BASE_URL={}", sb.vg_url());
     crate::outln!("  export ATTENTION_API_KEY={}", config.attention_key);

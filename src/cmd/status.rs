@@ -17,6 +17,9 @@ pub struct StatusArgs {
     /// Print JSON (documented in the README) instead of text.
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub db: crate::cli::DbArg,
 }
 
 pub async fn run(g: &Global, a: StatusArgs) -> anyhow::Result<ExitCode> {
@@ -72,7 +75,7 @@ fn print_list(lines: &[BatchLine]) {
     let header = [
         "BATCH",
         "STATUS",
-        "STARTED",
+        "STARTED (UTC)",
         "DURATION",
         "ROWS",
         "SUCCEEDED",
@@ -167,9 +170,10 @@ fn print_detail(d: &report::Detail) {
     for o in &d.by_op {
         let c = &o.counts;
         crate::outln!(
-            "    {:<22} {:>7} rows: {} succeeded, {} failed, {} invalid, {} pending",
+            "    {:<22} {:>7} {}: {} succeeded, {} failed, {} invalid, {} pending",
             o.op.as_deref().unwrap_or("(unknown op)"),
             c.rows,
+            if c.rows == 1 { "row " } else { "rows" },
             c.succeeded,
             c.failed,
             c.invalid,
@@ -203,22 +207,40 @@ fn print_detail(d: &report::Detail) {
     } else {
         crate::outln!(
             "  failures   largest first; `convoy failures {} --cluster N` exports one",
-            l.batch
+            super::shell_quote(&l.batch)
         );
         for k in &d.clusters {
-            crate::outln!(
-                "    #{:<3} {:>6} x {} {}{}: {}",
-                k.cluster,
-                k.count,
+            let what = format!(
+                "{}{}{}",
                 k.status,
-                k.api.as_deref().unwrap_or(""),
+                k.api
+                    .as_deref()
+                    .map(|a| format!(" {a}"))
+                    .unwrap_or_default(),
                 k.http_status
                     .map(|s| format!(" HTTP {s}"))
                     .unwrap_or_default(),
-                k.error
             );
+            if k.count == 1 {
+                // One row: its own error says it all.
+                crate::outln!(
+                    "    #{:<3} {:>6} x {what}: row {}: {}",
+                    k.cluster,
+                    1,
+                    k.example_row,
+                    k.example_error
+                );
+                continue;
+            }
+            crate::outln!("    #{:<3} {:>6} x {what}: {}", k.cluster, k.count, k.error);
             crate::outln!("           e.g. row {}: {}", k.example_row, k.example_error);
         }
+    }
+    if d.not_json > 0 {
+        crate::outln!(
+            "  warning    {} succeeded row(s) got an answer whose body is not JSON (an HTML page?); their response column holds it",
+            d.not_json
+        );
     }
     for r in &d.learned_rates {
         crate::outln!(

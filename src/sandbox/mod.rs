@@ -223,9 +223,20 @@ impl Sandbox {
         });
         let s = state.clone();
         let task = tokio::spawn(async move {
+            // An accept error (EMFILE: out of file descriptors) must not
+            // spin: back off, doubling up to a second, as mini-redis does.
+            let mut backoff = Duration::from_millis(1);
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => {
+                        backoff = Duration::from_millis(1);
+                        stream
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
                 };
                 let _ = stream.set_nodelay(true);
                 let s = s.clone();
@@ -255,12 +266,25 @@ impl Sandbox {
         .await
     }
 
+    /// Where a client on this machine reaches it: listening on every
+    /// address (`0.0.0.0`, `[::]`) is reached on loopback.
+    pub fn reachable(&self) -> SocketAddr {
+        let mut a = self.addr;
+        if a.ip().is_unspecified() {
+            a.set_ip(match a.ip() {
+                std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        a
+    }
+
     pub fn attention_url(&self) -> String {
-        format!("http://{}/v2", self.addr)
+        format!("http://{}/v2", self.reachable())
     }
 
     pub fn vg_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.reachable())
     }
 
     /// Both endpoints pointed here, with the sandbox's own credentials.

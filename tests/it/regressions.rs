@@ -584,3 +584,99 @@ async fn a_retry_after_pause_shows_in_the_progress_line() {
         "{progress}"
     );
 }
+
+/// The smaller defects of issue 12, item 11, each as seen in use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smaller_defects_seen_in_use() {
+    let sb = convoy::sandbox::Sandbox::start(
+        convoy::sandbox::Config {
+            vg_token: "other".into(),
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    sb.script(
+        "c-html",
+        [Scripted::Body("<html><body>OK</body></html>".into())],
+    );
+    let w = Work::new();
+    w.write(
+        "my night.csv",
+        "op,conversation_id,agent_id,state\nattention.archive,c1,,\nattention.archive,c-html,,\nattention.archive,missing-1,,\nvg.update,v1,a,open\nvg.update,v2,a,open\nvg.update,v3,a,open\n",
+    );
+    let out = w
+        .run(Some(&sb), &["run", "my night.csv", "--concurrency", "1"])
+        .await;
+    out.expect(3);
+    let (stdout, stderr) = (out.stdout(), out.stderr());
+    // After a 401, the count is the stopped API's own rows, not the batch's.
+    assert!(
+        stdout.contains("its key was rejected; 2 of its row(s) left pending"),
+        "{stdout}"
+    );
+    // A 200 with an HTML body is said.
+    assert!(
+        stderr.contains("1 row(s) succeeded, but the API answered with a body that is not JSON"),
+        "{stderr}"
+    );
+    // A source path with a space gives a batch name without one.
+    let name = stdout.split_whitespace().nth(1).unwrap().to_owned();
+    assert!(name.starts_with("my-night-"), "{stdout}");
+
+    // Hints quote a batch name for the shell.
+    let out = w
+        .run(Some(&sb), &["run", "my night.csv", "--batch", "a b"])
+        .await;
+    assert!(
+        out.stdout().contains("`convoy resume 'a b'`"),
+        "{}",
+        out.stdout()
+    );
+
+    // One-row clusters print once; "1 row", not "1 rows"; the API of an unknown op is not a blank.
+    let status = w.run(None, &["status", &name]).await;
+    let text = status.stdout();
+    assert_eq!(text.matches("missing-1").count(), 1, "{text}");
+    assert!(!text.contains("1 rows"), "{text}");
+    assert!(!text.contains("  :"), "{text}");
+    assert!(text.contains("not JSON"), "{text}");
+    // The list says its times are UTC.
+    assert!(
+        w.run(None, &["status"])
+            .await
+            .stdout()
+            .contains("STARTED (UTC)")
+    );
+
+    // A batch left `running` by a double Ctrl-C still shows what it sent.
+    let db = w.db().await;
+    sqlx::query(
+        "UPDATE batches SET status = 'running', send_seconds = 0, finished_at = NULL WHERE id = ?1",
+    )
+    .bind(&name)
+    .execute(&db)
+    .await
+    .unwrap();
+    let json = w.run(None, &["status", &name, "--json"]).await.stdout();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["stale"], true, "{json}");
+    assert!(v["send_seconds"].as_f64().unwrap() > 0.0, "{json}");
+
+    // `--op` on the command line gets a "did you mean" too.
+    let out = w
+        .run(
+            None,
+            &["run", "my night.csv", "--op", "attention.set_label"],
+        )
+        .await;
+    out.expect(2);
+    assert!(
+        out.stderr().contains("did you mean attention.set_labels?"),
+        "{}",
+        out.stderr()
+    );
+    // --db and -q belong to the commands that use them.
+    w.run(None, &["sandbox", "-q"]).await.expect(2);
+}
