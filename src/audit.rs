@@ -174,6 +174,26 @@ async fn refuse_foreign(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Bytes free for this user on the filesystem that holds `path` (its
+/// directory when the file does not exist yet); `None` where it cannot be told.
+pub fn free_space(path: &Path) -> Option<u64> {
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(d) => d,
+        None => Path::new("."),
+    };
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated path and `st` is written by statvfs on success.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
 /// Creates the database file owner-only before SQLite does (SQLite gives its
 /// `-wal` and `-shm` files the same permissions).
 fn create_private(path: &Path) -> std::io::Result<()> {

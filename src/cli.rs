@@ -96,6 +96,10 @@ pub struct ExecArgs {
     )]
     pub attention_auth_scheme: Option<AuthScheme>,
 
+    /// Refuse to start with less than this free beside the audit database, like 256MB or 2GB (0: no check) [default: 256MB]
+    #[arg(long, value_parser = parse_size, value_name = "SIZE", help_heading = "Audit and output")]
+    pub min_free: Option<u64>,
+
     /// Run against an in-process sandbox of both APIs: no keys, no network.
     #[arg(long, help_heading = "Endpoints")]
     pub sandbox: bool,
@@ -155,6 +159,24 @@ fn parse_op(s: &str) -> Result<Op, String> {
             Op::ALL.map(Op::name).join(", ")
         )
     })
+}
+
+/// `256MB`, `2GB`, `512MiB`, `0`: a size in bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; write 256MB or 2GB"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("{s:?} is not a size; write 256MB or 2GB")),
+    };
+    Ok(n.saturating_mul(scale))
 }
 
 /// `30s`, `500ms`, `2m`, `1h`, or plain seconds.

@@ -37,6 +37,9 @@ pub async fn run(g: &Global, a: ResumeArgs) -> anyhow::Result<ExitCode> {
             g.db.display()
         )));
     }
+    if let Err(e) = super::check_free_space(&g.db, a.exec.min_free) {
+        return Ok(usage(e));
+    }
     let db = Db::open(&g.db).await?;
     let Some(rec) = batch::load(&db, &a.batch).await? else {
         return Ok(usage(format_args!(

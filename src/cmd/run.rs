@@ -70,6 +70,9 @@ pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<ExitCode> {
         return dry_run(reader, &endpoints).await;
     }
 
+    if let Err(e) = super::check_free_space(&g.db, a.exec.min_free) {
+        return Ok(usage(e));
+    }
     let db = Db::open(&g.db).await?;
     let name = a.batch.clone().unwrap_or_else(|| {
         // One shell word: spaces and the like in a file name become dashes.

@@ -680,3 +680,28 @@ async fn smaller_defects_seen_in_use() {
     // --db and -q belong to the commands that use them.
     w.run(None, &["sandbox", "-q"]).await.expect(2);
 }
+
+/// A batch started on a nearly full disk: the audit could not record what
+/// was sent. It is refused before anything is planned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nearly_full_disk_is_refused_before_planning() {
+    let w = Work::new();
+    w.write("n.csv", "op,conversation_id\nattention.archive,c1\n");
+    // More than any disk here has free stands in for a full one.
+    let out = w
+        .run(
+            None,
+            &["run", "n.csv", "--sandbox", "--min-free", "900000000GB"],
+        )
+        .await;
+    out.expect(2);
+    assert!(
+        out.stderr().contains("MB free beside the audit database"),
+        "{}",
+        out.stderr()
+    );
+    assert!(!w.db.exists(), "the audit database was written");
+    w.run(None, &["run", "n.csv", "--sandbox", "--min-free", "0"])
+        .await
+        .expect(0);
+}
