@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """convoy's benchmarks, against the sandbox on loopback (no network).
 
-    python3 scripts/bench.py [throughput|memory|rate|all]
+    python3 scripts/bench.py [throughput|memory|rate|auto|realworld|sandbox|status|resume|all]
 
 throughput: 100,000 generated rows, --concurrency 64, no rate limit, full
             audit and snapshots on; rows/s of the whole `convoy run`
@@ -14,6 +14,16 @@ auto:       `--attention-rate auto` (the default) against a sandbox limited to
             second run (from the remembered rate), a first run against a
             sandbox sending `RateLimit-*` headers, beside the exact fixed
             rate; then 3,000 rows while the limit drops to 20/s and recovers.
+realworld:  every limiter shape real APIs use (token buckets with small and
+            large bursts, fixed 1 s and 10 s windows, a sliding window, 429s
+            without Retry-After, a cap on calls in flight, and two APIs with
+            different limits in one night), each at 0, ~50 and ~150 ms of
+            latency with jitter. convoy runs with default flags twice (the
+            second night from the remembered state), beside the exact fixed
+            rate. The share of the allowed rate used is the ideal time
+            (rows / allowed rate) over the wall time of the whole `convoy run`;
+            convoy is pinned to core 0 and the sandbox to core 1.
+            `realworld quick`: 0 and ~150 ms only.
 sandbox:    the sandbox's capacity on loopback: `wrk` (Debian's package)
             with 64 connections for 10 s on `GET /v2/conversations/{id}` (a
             full ~2.4 KB snapshot per answer), wrk and sandbox sharing the
@@ -44,9 +54,10 @@ def free_port():
 
 
 class Sandbox:
-    def __init__(self, *extra):
+    def __init__(self, *extra, pin=None):
         self.port = free_port()
-        self.proc = subprocess.Popen([BIN, "sandbox", "--listen", f"127.0.0.1:{self.port}", *extra],
+        pinned = ["taskset", "-c", pin] if pin else []
+        self.proc = subprocess.Popen([*pinned, BIN, "sandbox", "--listen", f"127.0.0.1:{self.port}", *extra],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         self.proc.stdout.readline()  # "listening on ..." once bound
 
@@ -306,6 +317,77 @@ def auto(work, figures):
                     f"accepted per second: {timeline}", "no row fails; follows within a few seconds"))
 
 
+# (name, sandbox flags, allowed rate per API as (attention, vg), rows as (attention, vg))
+SHAPES = [
+    ("bucket 100/s, burst 10", ["--rate-limit", "100/s", "--burst", "10"], (100, 100), (3000, 0)),
+    ("bucket 50/s, burst 5 (nginx limit_req)", ["--rate-limit", "50/s", "--burst", "5"], (50, 50), (1500, 0)),
+    ("bucket 50/s, burst 50", ["--rate-limit", "50/s", "--burst", "50"], (50, 50), (1500, 0)),
+    ("fixed 1 s windows of 60", ["--rate-limit", "60/s", "--limiter", "window", "--window", "1s"], (60, 60), (1800, 0)),
+    ("fixed 10 s windows of 400", ["--rate-limit", "40/s", "--limiter", "window", "--window", "10s"], (40, 40), (1600, 0)),
+    ("sliding 1 s window of 50", ["--rate-limit", "50/s", "--limiter", "sliding", "--window", "1s"], (50, 50), (1500, 0)),
+    ("429 without Retry-After, 40/s, burst 4", ["--rate-limit", "40/s", "--burst", "4", "--no-retry-after"], (40, 40), (1200, 0)),
+    ("at most 8 calls in flight, no rate limit", ["--max-in-flight", "8"], None, (1500, 0)),
+    ("Attention 20/s and VG 100/s in one night", ["--attention-rate-limit", "20/s", "--vg-rate-limit", "100/s"], (20, 100), (600, 1500)),
+]
+LATENCIES = [("0 ms", None), ("~50 ms", "40ms..60ms"), ("~150 ms", "100ms..200ms")]
+
+
+def write_mixed(path, attention, vg):
+    """`attention` then `vg` rows (VG listed last), over 1,000 conversations each."""
+    with open(path, "w") as f:
+        f.write("op,conversation_id,agent_id,title,state\n")
+        for i in range(attention):
+            f.write(f"attention.update,c{i % 1000},,t{i},\n")
+        for i in range(vg):
+            f.write(f"vg.update,v{i % 1000},agent,,open\n")
+
+
+def realworld(work, figures, quick=False):
+    lats = [l for l in LATENCIES if not quick or l[0] != "~50 ms"]
+    for name, flags, allowed, (n_att, n_vg) in SHAPES:
+        src = os.path.join(work, f"rw-{n_att}-{n_vg}.csv")
+        write_mixed(src, n_att, n_vg)
+        for lat_name, lat in lats:
+            extra = ["--latency", lat] if lat else []
+            if allowed is None:
+                # A cap on calls in flight: what 8 in flight can carry at this latency.
+                mean = {"0 ms": 0.0005, "~50 ms": 0.05, "~150 ms": 0.15}[lat_name]
+                ideal = n_att / (8 / mean) if mean > 0.001 else None
+            else:
+                ideal = max(n_att / allowed[0], n_vg / allowed[1])
+            fixed_args = []
+            if allowed is not None:
+                fixed_args = ["--attention-rate", f"{allowed[0]}/s", "--vg-rate", f"{allowed[1]}/s"]
+            else:
+                fixed_args = ["--concurrency", "8"]
+            sb = Sandbox(*flags, *extra, pin="1")
+            try:
+                db = os.path.join(work, f"rw-{time.time_ns()}.db")
+                first = night(sb, src, db)
+                second = night(sb, src, db)
+                exact = night(sb, src, os.path.join(work, f"rw-fixed-{time.time_ns()}.db"), *fixed_args)
+            finally:
+                sb.stop()
+            def show(r):
+                secs, limited, total, code = r
+                share = f"{100 * ideal / secs:.0f}%" if ideal else f"{(n_att + n_vg) / secs:.0f} rows/s"
+                return f"{share}, {100 * limited / max(total, 1):.1f}% 429{'' if code == 0 else f', exit {code}'}"
+            figures.append((f"{name}, {lat_name}", show(first), show(second), show(exact)))
+            print(f"{name}, {lat_name}: {show(first)} | {show(second)} | {show(exact)}", file=sys.stderr)
+
+
+def night(sb, src, db, *args):
+    """One `convoy run` with default flags (plus `args`), pinned to core 0:
+    (wall seconds, 429s, requests, exit code)."""
+    before = len(sb.requests())
+    t0 = time.monotonic()
+    p = subprocess.run(["taskset", "-c", "0", BIN, "run", src, "--db", db, "--quiet", *args],
+                       env=sb.env(), capture_output=True, text=True)
+    secs = time.monotonic() - t0
+    reqs = sb.requests()[before:]
+    return secs, sum(1 for r in reqs if r["status"] == 429), len(reqs), p.returncode
+
+
 def sandbox_capacity(work, figures):
     if not shutil.which("wrk"):
         figures.append(("sandbox capacity", "not measured: install wrk (apt-get install wrk)", ">= 20,000 requests/s"))
@@ -334,6 +416,12 @@ def main():
             rate(work, figures)
         if what in ("auto", "all"):
             auto(work, figures)
+        if what in ("realworld", "all"):
+            realworld(work, figures, quick=len(sys.argv) > 2 and sys.argv[2] == "quick")
+            print("| limiter, latency | first night, default flags | second night | exact fixed rate |\n|---|---|---|---|")
+            for m, a, b, c in [f for f in figures if len(f) == 4]:
+                print(f"| {m} | {a} | {b} | {c} |")
+            figures[:] = [f for f in figures if len(f) != 4]
         if what in ("sandbox", "all"):
             sandbox_capacity(work, figures)
         if what in ("status", "all"):

@@ -44,6 +44,11 @@ pub struct BatchLock {
 pub struct BatchBusy(pub String);
 
 impl Db {
+    /// Opens (creating and migrating) the audit database. Two processes
+    /// opening one new database at once would both create its tables, so
+    /// the whole opening runs under a lock file beside it, one process at a
+    /// time; and a SQLite file that is not a convoy audit database is
+    /// refused before anything is written to it.
     pub async fn open(path: &Path) -> anyhow::Result<Db> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| {
@@ -53,6 +58,10 @@ impl Db {
                 )
             })?;
         }
+        let lock = lock_file(&locks_dir(path), "open.lock")?;
+        let lock = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
+            .await?
+            .context("cannot lock the audit database to open it")?;
         refuse_foreign(path).await?;
         create_private(path)
             .with_context(|| format!("cannot create the audit database {}", path.display()))?;
@@ -68,51 +77,15 @@ impl Db {
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open the audit database {}", path.display()))?;
-        let db = Db {
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .with_context(|| format!("cannot migrate the audit database {}", path.display()))?;
+        drop(lock);
+        Ok(Db {
             pool,
             path: path.to_owned(),
-        };
-        db.migrate().await?;
-        Ok(db)
-    }
-
-    /// Runs the migrations, one process at a time (two `convoy run`s on a
-    /// new database would both create the tables), and never on a SQLite
-    /// file that is not a convoy audit database.
-    async fn migrate(&self) -> anyhow::Result<()> {
-        let lock = self.lock_file("migrate.lock")?;
-        let lock = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
-            .await?
-            .context("cannot lock the audit database for its migrations")?;
-        sqlx::migrate!("./migrations")
-            .run(&self.pool)
-            .await
-            .with_context(|| {
-                format!("cannot migrate the audit database {}", self.path.display())
-            })?;
-        drop(lock);
-        Ok(())
-    }
-
-    fn locks_dir(&self) -> std::path::PathBuf {
-        let mut dir = self.path.clone().into_os_string();
-        dir.push(".locks");
-        dir.into()
-    }
-
-    /// A lock file beside the database: `<db>.locks/<name>`.
-    fn lock_file(&self, name: &str) -> anyhow::Result<std::fs::File> {
-        let path = self.locks_dir().join(name);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create the lock directory {}", dir.display()))?;
-        }
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("cannot open the lock file {}", path.display()))
+        })
     }
 
     /// The database file.
@@ -132,7 +105,7 @@ impl Db {
 
     /// Claims `batch_id` for this process, or says who has it.
     pub fn lock_batch(&self, batch_id: &str) -> anyhow::Result<Result<BatchLock, BatchBusy>> {
-        let file = self.lock_file(&Self::lock_name(batch_id))?;
+        let file = lock_file(&locks_dir(&self.path), &Self::lock_name(batch_id))?;
         match file.try_lock() {
             Ok(()) => Ok(Ok(BatchLock { _file: file })),
             Err(std::fs::TryLockError::WouldBlock) => Ok(Err(BatchBusy(batch_id.to_owned()))),
@@ -142,9 +115,31 @@ impl Db {
 
     /// Whether some process holds `batch_id` now (a probe: taken and let go).
     pub fn batch_is_held(&self, batch_id: &str) -> bool {
-        self.locks_dir().join(Self::lock_name(batch_id)).exists()
+        locks_dir(&self.path)
+            .join(Self::lock_name(batch_id))
+            .exists()
             && matches!(self.lock_batch(batch_id), Ok(Err(BatchBusy(_))))
     }
+}
+
+/// Where the lock files of the database at `db` live: `<db>.locks/`.
+fn locks_dir(db: &Path) -> std::path::PathBuf {
+    let mut dir = db.as_os_str().to_owned();
+    dir.push(".locks");
+    dir.into()
+}
+
+/// A lock file `name` in `dir`, created when missing.
+fn lock_file(dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the lock directory {}", dir.display()))?;
+    let path = dir.join(name);
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open the lock file {}", path.display()))
 }
 
 /// Refuses an existing SQLite file that is not a convoy audit database,

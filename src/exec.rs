@@ -96,8 +96,11 @@ pub struct ApiLane {
     latency_us: AtomicU64,
     /// Calls answered so far (slow start of the in-flight budget while unpaced).
     answered: AtomicU64,
-    /// Rows of this lane being worked on now (waiting for the pace, or on the wire).
+    /// Rows of this lane being worked on now (waiting for the pace, or on
+    /// the wire); a row sleeping in its retry backoff does not count.
     running: AtomicU64,
+    /// Wakes the lane's loop when a row frees its slot for a backoff.
+    freed: tokio::sync::Notify,
 }
 
 /// `--concurrency auto`: the fewest calls in flight a lane keeps, the budget
@@ -122,6 +125,7 @@ impl ApiLane {
             latency_us: AtomicU64::new(0),
             answered: AtomicU64::new(0),
             running: AtomicU64::new(0),
+            freed: tokio::sync::Notify::new(),
         }
     }
 
@@ -268,9 +272,11 @@ impl Executor {
         let mut source_done = false;
         loop {
             let cancelled = self.cancel.is_cancelled();
+            let lane = self.lane(api);
             let can_take = !cancelled
                 && !source_done
-                && running.len() < self.lane(api).in_flight_limit(self.settings.concurrency)
+                && (lane.running.load(Relaxed) as usize)
+                    < lane.in_flight_limit(self.settings.concurrency)
                 && parked < MAX_PARKED;
             if running.is_empty() && (source_done || cancelled) {
                 break;
@@ -316,6 +322,8 @@ impl Executor {
                     }
                 },
                 _ = self.cancel.cancelled(), if !cancelled => {}
+                // A row went to sleep in its backoff: its slot is free.
+                _ = lane.freed.notified(), if !cancelled && !source_done => {}
             }
         }
         // Whatever was still queued or unread stays pending.
@@ -384,10 +392,24 @@ impl Executor {
                     .min(self.settings.max_backoff)
                     .mul_f64(0.5 + fastrand::f64() * 0.5);
                 self.counters.retrying.fetch_add(1, Relaxed);
+                // After a 429 the pacer already holds the API back: asleep,
+                // the row holds no slot, and the lane sends others at the
+                // pace meanwhile. (After a 5xx or a timeout it keeps its
+                // slot, so that a failing API is not hit by ever more rows.)
+                let limited = last
+                    .as_ref()
+                    .is_some_and(|a| a.verdict == Verdict::RateLimited);
+                if limited {
+                    lane.running.fetch_sub(1, Relaxed);
+                    lane.freed.notify_one();
+                }
                 let woke = tokio::select! {
                     _ = tokio::time::sleep(delay) => true,
                     _ = self.cancel.cancelled() => false,
                 };
+                if limited {
+                    lane.running.fetch_add(1, Relaxed);
+                }
                 self.counters.retrying.fetch_sub(1, Relaxed);
                 if !woke {
                     return self

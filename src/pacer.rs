@@ -161,12 +161,17 @@ pub struct Auto {
     hold: f64,
     /// Calls the API accepted at once before its first 429.
     burst: f64,
+    /// The best lower bound of the limit measured so far (0 before any): what
+    /// is learned never exceeds it, whatever the pace guessed meanwhile.
+    proven: f64,
     /// When the unpaced start ended (its first 429 came).
     unpaced_until: Option<Instant>,
     /// When the current level's first call succeeded.
     level_at: Option<Instant>,
-    /// Calls that succeeded in the current level.
+    /// Calls that succeeded in the current level, and when the first and
+    /// the last of them were sent.
     level_calls: u64,
+    level_sent: Option<(Instant, Instant)>,
     /// When each call succeeded since the last 429 (the most recent [`EPISODE`]).
     episode: VecDeque<Instant>,
     /// Whether the current level is a trial above a rough estimate.
@@ -191,9 +196,11 @@ impl Auto {
             rate: 0.0,
             hold: 0.0,
             burst: 1.0,
+            proven: 0.0,
             unpaced_until: None,
             level_at: None,
             level_calls: 0,
+            level_sent: None,
             episode: VecDeque::new(),
             trial: false,
             climb_at: None,
@@ -206,6 +213,7 @@ impl Auto {
             a.phase = Phase::Steady;
             a.set(r);
             a.hold = a.rate;
+            a.proven = a.rate;
             // Its burst is unknown: assume a tenth of a second's worth.
             a.burst = (a.rate * 0.1).max(1.0);
             a.climb_at = Some(now + PROBE_RARELY);
@@ -221,9 +229,11 @@ impl Auto {
         }
     }
 
-    /// The rate worth starting the next run at: the one held, once a 429 taught it.
+    /// The rate worth starting the next run at: the one held once a 429
+    /// taught it, never above what was measured accepted.
     pub fn learned(&self) -> Option<f64> {
-        (self.phase == Phase::Steady).then_some(self.hold)
+        (self.phase == Phase::Steady && self.proven > 0.0)
+            .then_some(self.hold.min(self.proven * MARGIN))
     }
 
     /// Starts a new level at `rate`.
@@ -231,13 +241,20 @@ impl Auto {
         self.rate = clamp(rate, self.ceiling);
         self.level_at = None;
         self.level_calls = 0;
+        self.level_sent = None;
         self.trial = false;
     }
 
-    /// Whether the current level's calls kept up with its pace.
-    fn kept_up(&self, now: Instant) -> bool {
-        let ran = self.level_ran(now).as_secs_f64();
-        ran > 0.0 && self.level_calls as f64 / ran >= self.rate * KEPT_UP
+    /// Whether the current level's calls went out at (nearly) its pace:
+    /// judged by when they were sent, so a slow wire does not hold it back.
+    fn kept_up(&self) -> bool {
+        match self.level_sent {
+            Some((first, last)) if self.level_calls >= 3 => {
+                let spread = last.saturating_duration_since(first).as_secs_f64();
+                spread > 0.0 && (self.level_calls - 1) as f64 / spread >= self.rate * KEPT_UP
+            }
+            _ => false,
+        }
     }
 
     fn level_ran(&self, now: Instant) -> Duration {
@@ -248,8 +265,12 @@ impl Auto {
     /// A call sent at `sent` succeeded; its answer came at `now`.
     pub fn on_success(&mut self, sent: Instant, now: Instant) {
         if self.unpaced_until.is_some_and(|c| sent < c) {
-            // Part of the unpaced start, answered after its first 429.
+            // Part of the unpaced start, answered after its first 429 (on a
+            // slow wire most of the burst is): slow start begins from it.
             self.burst += 1.0;
+            if self.phase == Phase::SlowStart && self.rate < self.burst {
+                self.rate = clamp(self.burst, self.ceiling);
+            }
         }
         if self.last_cut.is_some_and(|c| sent < c) {
             return; // sent before the last 429 was seen: that episode is over
@@ -260,16 +281,26 @@ impl Auto {
             self.level_at = Some(sent.checked_sub(interval).unwrap_or(sent));
         }
         self.level_calls += 1;
+        self.level_sent = Some(match self.level_sent {
+            Some((first, last)) => (first.min(sent), last.max(sent)),
+            None => (sent, sent),
+        });
         if self.episode.len() == EPISODE {
             self.episode.pop_front();
         }
-        // Answers come back nearly in the order the calls went out.
-        let at = self.episode.iter().rev().take_while(|t| **t > sent).count();
-        self.episode.insert(self.episode.len() - at, sent);
+        // Answers come back nearly in the order the calls reached the API.
+        let arrived = midpoint(sent, now);
+        let at = self
+            .episode
+            .iter()
+            .rev()
+            .take_while(|t| **t > arrived)
+            .count();
+        self.episode.insert(self.episode.len() - at, arrived);
         match self.phase {
             Phase::Unpaced => {}
             Phase::SlowStart => {
-                if self.level_ran(now) >= SLOW_START_STEP && self.kept_up(now) {
+                if self.level_ran(now) >= SLOW_START_STEP && self.kept_up() {
                     self.set(self.rate * 2.0);
                 }
             }
@@ -282,7 +313,8 @@ impl Auto {
                 // No 429 for a while: what was accepted bounds the limit
                 // from below (a level that merely held proves little
                 // against a large burst); the next level is tried.
-                let bound = self.estimate(now).unwrap_or(0.0);
+                let bound = self.estimate(arrived).unwrap_or(0.0);
+                self.proven = self.proven.max(bound);
                 self.hold = self.hold.max(bound.min(self.rate));
                 if self.before_drop.is_some_and(|d| self.hold >= d * 0.97) {
                     // Back where it was before the limit dropped.
@@ -295,7 +327,7 @@ impl Auto {
                         self.probe_at = Some(now + PROBE_OFTEN);
                         self.set(d);
                     }
-                    None if self.kept_up(now) => self.set(self.rate * CLIMB),
+                    None if self.kept_up() => self.set(self.rate * CLIMB),
                     None => self.climb_at = Some(now + STEP),
                 }
             }
@@ -304,15 +336,19 @@ impl Auto {
 
     /// A lower bound of the limit from the calls that succeeded since the
     /// last 429: a token bucket accepts at most its burst plus `limit × t`
-    /// calls in any stretch of time `t`. All those sent since a call was
-    /// sent and answered by `now` reached the API in between, however the
-    /// wire delayed them. The best bound over those stretches (at least
-    /// [`SHORTEST`] long).
-    fn estimate(&self, now: Instant) -> Option<f64> {
+    /// calls in any stretch of time `t`. Each call is taken to reach the API
+    /// halfway through its own round trip, so latency, however long, biases
+    /// the stretches neither way (timing them from send to answer read
+    /// ~6% low at 150 ms). The best bound over the stretches that end at
+    /// `end` (at least [`SHORTEST`] long).
+    fn estimate(&self, end: Instant) -> Option<f64> {
         let mut best = None;
         let n = self.episode.len();
         for (i, at) in self.episode.iter().enumerate().rev() {
-            let t = now.saturating_duration_since(*at);
+            if *at > end {
+                continue;
+            }
+            let t = end.saturating_duration_since(*at);
             if t < SHORTEST {
                 continue;
             }
@@ -342,9 +378,11 @@ impl Auto {
             return;
         }
         // Without a bound to go by (the 429 came too soon), halve.
-        let estimate = self
-            .estimate(now)
-            .map_or(rate * 0.5, |bound| bound.clamp(rate * 0.25, rate));
+        let bound = self.estimate(midpoint(sent, now));
+        if let Some(b) = bound {
+            self.proven = self.proven.max(b.min(rate));
+        }
+        let estimate = bound.map_or(rate * 0.5, |bound| bound.clamp(rate * 0.25, rate));
         self.episode.clear();
         let was_trial = self.trial;
         let held = self.phase == Phase::Steady && rate <= self.hold * 1.001;
@@ -388,6 +426,11 @@ impl Auto {
             self.climb_at = Some(now);
         }
     }
+}
+
+/// Halfway between a call's send and its answer: when it most likely reached the API.
+fn midpoint(sent: Instant, answered: Instant) -> Instant {
+    sent + answered.saturating_duration_since(sent) / 2
 }
 
 fn clamp(r: f64, ceiling: Option<f64>) -> f64 {

@@ -1,7 +1,7 @@
 //! `convoy sandbox`: serve the simulator of both APIs until Ctrl-C.
 
 use crate::cli::parse_duration;
-use crate::sandbox::{Config, Sandbox};
+use crate::sandbox::{Config, Sandbox, Shape};
 use clap::Args;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -21,8 +21,36 @@ pub struct SandboxArgs {
     #[arg(long, value_parser = parse_limit)]
     pub rate_limit: Option<f64>,
 
-    /// With --rate-limit: also send RateLimit-Limit, -Remaining and -Reset.
-    #[arg(long, requires = "rate_limit")]
+    /// The Attention API's own limit, over --rate-limit (like `20/s`).
+    #[arg(long, value_parser = parse_limit)]
+    pub attention_rate_limit: Option<f64>,
+
+    /// The VG API's own limit, over --rate-limit (like `100/s`).
+    #[arg(long, value_parser = parse_limit)]
+    pub vg_rate_limit: Option<f64>,
+
+    /// The limiter's shape: a token bucket, fixed windows, or a sliding window.
+    #[arg(long, value_enum, default_value = "bucket")]
+    pub limiter: Shape,
+
+    /// bucket: calls accepted at once [default: a tenth of a second's worth, at least 1]
+    #[arg(long)]
+    pub burst: Option<f64>,
+
+    /// window, sliding: the window, like 1s or 60s; it accepts the rate times the window.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub window: Duration,
+
+    /// Answer 429 without a Retry-After header (as many APIs do).
+    #[arg(long)]
+    pub no_retry_after: bool,
+
+    /// Answer 429 when more than N calls to one API are in flight at once.
+    #[arg(long)]
+    pub max_in_flight: Option<usize>,
+
+    /// With a limit: also send RateLimit-Limit, -Remaining and -Reset.
+    #[arg(long)]
     pub rate_headers: bool,
 
     /// Share of calls answered 500/502/503, from 0 to 1.
@@ -97,6 +125,13 @@ pub async fn run(a: SandboxArgs) -> anyhow::Result<ExitCode> {
         vg_token: a.vg_token,
         latency: a.latency,
         rate_limit: a.rate_limit,
+        attention_rate_limit: a.attention_rate_limit,
+        vg_rate_limit: a.vg_rate_limit,
+        limiter: a.limiter,
+        burst: a.burst,
+        window: a.window,
+        retry_after: !a.no_retry_after,
+        max_in_flight: a.max_in_flight,
         rate_headers: a.rate_headers,
         fail_rate: a.fail_rate,
         drop_rate: a.drop_rate,

@@ -15,6 +15,9 @@
 use crate::batch::Endpoints;
 use crate::call::{AuthScheme, Endpoint, Secret};
 use crate::edit::{self, Api};
+pub use limiter::{Limit, Limiter, Shape};
+
+pub mod limiter;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -38,6 +41,17 @@ pub struct Config {
     pub latency: Option<(Duration, Duration)>,
     /// Calls per second each API accepts; more are answered 429 with `Retry-After`.
     pub rate_limit: Option<f64>,
+    /// Per-API limits, over `rate_limit`.
+    pub attention_rate_limit: Option<f64>,
+    pub vg_rate_limit: Option<f64>,
+    /// The limiter's shape, burst (bucket) and window (window, sliding).
+    pub limiter: Shape,
+    pub burst: Option<f64>,
+    pub window: Duration,
+    /// Whether a 429 says `Retry-After` (many APIs do not).
+    pub retry_after: bool,
+    /// More calls than this in flight at once (per API) are answered 429.
+    pub max_in_flight: Option<usize>,
     /// Also send `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`.
     pub rate_headers: bool,
     /// Share of calls answered 500, 502 or 503 (nothing applied).
@@ -59,6 +73,13 @@ impl Default for Config {
             vg_token: "sandbox-vg-token".into(),
             latency: None,
             rate_limit: None,
+            attention_rate_limit: None,
+            vg_rate_limit: None,
+            limiter: Shape::Bucket,
+            burst: None,
+            window: Duration::from_secs(1),
+            retry_after: true,
+            max_in_flight: None,
             rate_headers: false,
             fail_rate: 0.0,
             drop_rate: 0.0,
@@ -66,6 +87,23 @@ impl Default for Config {
             missing_prefix: "missing-".into(),
             record: true,
         }
+    }
+}
+
+impl Config {
+    /// The limit of one API, if any.
+    pub fn limit(&self, api: Api) -> Option<Limit> {
+        let rate = match api {
+            Api::Attention => self.attention_rate_limit,
+            Api::Vg => self.vg_rate_limit,
+        }
+        .or(self.rate_limit)?;
+        Some(Limit {
+            rate,
+            shape: self.limiter,
+            burst: self.burst,
+            window: self.window,
+        })
     }
 }
 
@@ -107,51 +145,6 @@ pub enum Scripted {
     Redirect { status: u16, location: String },
 }
 
-struct Limiter {
-    interval: Duration,
-    tolerance: Duration,
-    tat: Instant,
-}
-
-impl Limiter {
-    fn new(per_sec: f64) -> Limiter {
-        let interval = Duration::from_secs_f64(1.0 / per_sec);
-        Limiter {
-            interval,
-            // A little slack (a tenth of a second's worth) for jitter on the wire.
-            tolerance: interval.mul_f64((per_sec * 0.1).max(1.0)),
-            tat: Instant::now(),
-        }
-    }
-
-    /// `Err(wait)` when over the limit.
-    fn check(&mut self, now: Instant) -> Result<(), Duration> {
-        let tat = self.tat.max(now);
-        let ahead = tat - now;
-        if ahead > self.tolerance {
-            return Err(ahead - self.tolerance);
-        }
-        self.tat = tat + self.interval;
-        Ok(())
-    }
-
-    /// The `RateLimit-*` headers as of `now`: calls left in the burst, and
-    /// whole seconds until it is full again.
-    fn headers(&self, now: Instant) -> [(&'static str, u64); 3] {
-        let ahead = self.tat.saturating_duration_since(now);
-        let left = match self.tolerance.checked_sub(ahead) {
-            Some(room) => (room.as_secs_f64() / self.interval.as_secs_f64()) as u64 + 1,
-            None => 0,
-        };
-        let per_sec = (1.0 / self.interval.as_secs_f64()).round() as u64;
-        [
-            ("ratelimit-limit", per_sec),
-            ("ratelimit-remaining", left),
-            ("ratelimit-reset", ahead.as_secs_f64().ceil() as u64),
-        ]
-    }
-}
-
 fn add_quota(r: &mut Response<Full<Bytes>>, quota: Option<[(&'static str, u64); 3]>) {
     for (name, value) in quota.into_iter().flatten() {
         r.headers_mut().insert(name, value.into());
@@ -172,6 +165,8 @@ pub struct State {
     world: Mutex<World>,
     log: Mutex<Vec<Recorded>>,
     limits: Mutex<[Option<Limiter>; 2]>,
+    /// Calls being answered now, per API (for `max_in_flight`).
+    in_flight: [AtomicU64; 2],
     scripts: Mutex<HashMap<String, VecDeque<Scripted>>>,
     attention_template: Map<String, Value>,
     vg_template: Map<String, Value>,
@@ -199,7 +194,8 @@ impl Sandbox {
             .await
             .map_err(|e| anyhow::anyhow!("sandbox: cannot listen on {listen}: {e}"))?;
         let addr = listener.local_addr()?;
-        let limits = [Api::Attention, Api::Vg].map(|_| config.rate_limit.map(Limiter::new));
+        let now = Instant::now();
+        let limits = Api::ALL.map(|api| config.limit(api).map(|l| Limiter::new(l, now)));
         let attention_template =
             match serde_json::from_str::<Value>(include_str!("attention_conversation.json")) {
                 Ok(Value::Object(mut doc)) => match doc.remove("attributes") {
@@ -215,6 +211,7 @@ impl Sandbox {
             world: Mutex::default(),
             log: Mutex::default(),
             limits: Mutex::new(limits),
+            in_flight: [AtomicU64::new(0), AtomicU64::new(0)],
             scripts: Mutex::default(),
             attention_template,
             vg_template: edit::vg_blank_conversation(),
@@ -339,6 +336,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// One call being answered: counted in while it lives.
+struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn enter(n: &'a AtomicU64) -> InFlight<'a> {
+        n.fetch_add(1, Relaxed);
+        InFlight(n)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
 /// Closing the connection without an answer.
 #[derive(Debug)]
 struct Dropped;
@@ -383,8 +396,22 @@ enum Fate {
 }
 
 impl State {
+    /// Both APIs limited to `per_sec` from now on, in the configured shape.
     pub fn set_rate_limit(&self, per_sec: Option<f64>) {
-        *lock(&self.limits) = [0, 1].map(|_| per_sec.map(Limiter::new));
+        let now = Instant::now();
+        *lock(&self.limits) = [0, 1].map(|_| {
+            per_sec.map(|rate| {
+                Limiter::new(
+                    Limit {
+                        rate,
+                        shape: self.config.limiter,
+                        burst: self.config.burst,
+                        window: self.config.window,
+                    },
+                    now,
+                )
+            })
+        });
     }
 
     fn now_ms(&self) -> u64 {
@@ -427,7 +454,30 @@ impl State {
             applied: false,
             at_ms: self.now_ms(),
         };
-        let (result, delay) = self.route(&mut rec, &body);
+        // Counted from the request to its answer, latency included.
+        let api = match rec.segments.first().map(String::as_str) {
+            Some("v2") => Some(Api::Attention),
+            Some("agents") => Some(Api::Vg),
+            _ => None,
+        };
+        let _in_flight = api.map(|api| InFlight::enter(&self.in_flight[api as usize]));
+        let too_many = match (api, self.config.max_in_flight) {
+            (Some(api), Some(max)) => self.in_flight[api as usize].load(Relaxed) as usize > max,
+            _ => false,
+        };
+        let (result, delay) = if too_many {
+            let mut r = bad(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many concurrent requests",
+            );
+            if self.config.retry_after {
+                r.headers_mut()
+                    .insert(hyper::header::RETRY_AFTER, 1u64.into());
+            }
+            (Ok(r), self.latency())
+        } else {
+            self.route(&mut rec, &body)
+        };
         if self.config.record && rec.segments.first().map(String::as_str) != Some("_sandbox") {
             rec.status = result.as_ref().map_or(0, |r| r.status().as_u16());
             lock(&self.log).push(rec);
@@ -583,9 +633,11 @@ impl State {
             }
             if let Err(wait) = verdict {
                 let mut r = bad(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
-                let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-                r.headers_mut()
-                    .insert(hyper::header::RETRY_AFTER, secs.into());
+                if self.config.retry_after {
+                    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+                    r.headers_mut()
+                        .insert(hyper::header::RETRY_AFTER, secs.into());
+                }
                 add_quota(&mut r, quota);
                 return (Ok(r), latency);
             }
