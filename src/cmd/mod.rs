@@ -83,15 +83,19 @@ pub async fn endpoints(
 }
 
 /// First Ctrl-C or SIGTERM: cancel (calls in flight finish). Second: exit at once.
+/// The handlers are registered before this returns, so no signal after it
+/// meets the default action (which would kill the process unrecorded).
 pub fn on_signals(cancel: CancellationToken, batch_id: String) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
     tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => return,
-            };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
         eprintln!(
@@ -99,7 +103,7 @@ pub fn on_signals(cancel: CancellationToken, batch_id: String) {
         );
         cancel.cancel();
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
         let q = shell_quote(&batch_id);

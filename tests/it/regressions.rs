@@ -639,7 +639,7 @@ async fn smaller_defects_seen_in_use() {
     let status = w.run(None, &["status", &name]).await;
     let text = status.stdout();
     assert_eq!(text.matches("missing-1").count(), 1, "{text}");
-    assert!(!text.contains("1 rows"), "{text}");
+    assert!(!text.contains(" 1 rows:"), "{text}");
     assert!(!text.contains("  :"), "{text}");
     assert!(text.contains("not JSON"), "{text}");
     // The list says its times are UTC.
