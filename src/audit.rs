@@ -7,6 +7,7 @@
 
 use crate::edit::Api;
 use anyhow::Context;
+use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, SqliteConnection, SqlitePool};
 use std::collections::VecDeque;
@@ -215,6 +216,46 @@ pub enum RowStatus {
     Held,
     /// Not sent: judged to change nothing.
     Skipped,
+}
+
+/// Rows per status in a batch.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct Tally {
+    pub rows: u64,
+    pub pending: u64,
+    pub in_flight: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub invalid: u64,
+    pub held: u64,
+    pub skipped: u64,
+}
+
+impl Tally {
+    pub fn add(&mut self, status: RowStatus, n: u64) {
+        self.rows += n;
+        let count = match status {
+            RowStatus::Pending => &mut self.pending,
+            RowStatus::InFlight => &mut self.in_flight,
+            RowStatus::Succeeded => &mut self.succeeded,
+            RowStatus::Failed => &mut self.failed,
+            RowStatus::Invalid => &mut self.invalid,
+            RowStatus::Held => &mut self.held,
+            RowStatus::Skipped => &mut self.skipped,
+        };
+        *count += n;
+    }
+
+    /// Adds `n` rows of a status read from the database.
+    pub fn add_text(&mut self, status: &str, n: u64) {
+        // The schema's CHECK admits no other status.
+        self.add(RowStatus::parse(status).unwrap_or(RowStatus::Invalid), n);
+    }
+
+    /// Rows that did not end as the user wanted: failed, invalid, held or still to send.
+    pub fn unfinished(&self) -> u64 {
+        self.failed + self.invalid + self.held + self.pending + self.in_flight
+    }
 }
 
 /// The rows a pass still sends: `audit.status IN SENDABLE`.

@@ -4,9 +4,8 @@
 //! holding the source in memory), and the send phase (pending rows streamed
 //! back from the audit table in source order into the executor).
 
-use crate::audit::{self, Db, DuplicateKey, PlannedRow, Recorder, RowStatus};
-use crate::call::{self, AuthScheme, Endpoint, Secret};
-use crate::cli::{Concurrency, ExecArgs, InputArgs};
+use crate::audit::{self, Db, DuplicateKey, PlannedRow, Recorder, RowStatus, Tally};
+use crate::call::{self, AuthScheme, ConfigError, Endpoint, Endpoints};
 use crate::edit::{Api, Op};
 use crate::exec::{ApiLane, Counters, Executor, Job, Settings, Stop};
 use crate::pacer::{Pacer, RateSpec};
@@ -19,9 +18,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-pub const DEFAULT_ATTENTION_URL: &str = "https://api.attention.tech/v2";
-pub const DEFAULT_VG_URL: &str = "https://eu-cloudflare.vg-stuff.com";
 
 /// The effective options of a batch, as stored in `batches.options`. Never a secret.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -56,76 +52,9 @@ pub struct Options {
 #[error("{0:#}")]
 pub struct StoppedEarly(pub anyhow::Error);
 
-/// A usage or configuration problem: exit 2, nothing sent.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
-
 impl Options {
-    /// Flags over `recorded` (a resumed batch's options) over defaults.
-    pub fn resolve(
-        exec: &ExecArgs,
-        input: &InputArgs,
-        recorded: Option<&Options>,
-    ) -> Result<Options, ConfigError> {
-        let rate = |flag: &Option<RateSpec>, old: Option<&String>| -> String {
-            flag.map(|r| r.to_string())
-                .or_else(|| old.cloned())
-                .unwrap_or_else(|| "auto".into())
-        };
-        let o = Options {
-            concurrency: match exec.concurrency {
-                Some(Concurrency::Auto) => None,
-                Some(Concurrency::Cap(n)) => Some(n),
-                None => recorded.and_then(|r| r.concurrency),
-            },
-            attention_rate: rate(&exec.attention_rate, recorded.map(|r| &r.attention_rate)),
-            vg_rate: rate(&exec.vg_rate, recorded.map(|r| &r.vg_rate)),
-            max_attempts: exec
-                .max_attempts
-                .or(recorded.map(|r| r.max_attempts))
-                .unwrap_or(5),
-            timeout_ms: exec
-                .timeout
-                .map(|t| t.as_millis() as u64)
-                .or(recorded.map(|r| r.timeout_ms))
-                .unwrap_or(30_000),
-            attention_url: exec
-                .attention_url
-                .clone()
-                .or(recorded.map(|r| r.attention_url.clone()))
-                .unwrap_or_else(|| DEFAULT_ATTENTION_URL.into()),
-            vg_url: exec
-                .vg_url
-                .clone()
-                .or(recorded.map(|r| r.vg_url.clone()))
-                .unwrap_or_else(|| DEFAULT_VG_URL.into()),
-            attention_auth_scheme: exec
-                .attention_auth_scheme
-                .or(recorded.map(|r| r.attention_auth_scheme))
-                .unwrap_or(AuthScheme::Raw),
-            op: input
-                .op
-                .map(|o| o.name().to_owned())
-                .or(recorded.and_then(|r| r.op.clone())),
-            strict: input.strict || recorded.is_some_and(|r| r.strict),
-            sandbox: exec.sandbox || recorded.is_some_and(|r| r.sandbox),
-            // Never inherited: each pass says it again.
-            send_older_edits: input.send_older_edits,
-            delimiter: input
-                .delimiter
-                .map(char::from)
-                .or(recorded.and_then(|r| r.delimiter)),
-            encoding: input
-                .encoding
-                .map(|e| e.name().to_owned())
-                .or(recorded.and_then(|r| r.encoding.clone())),
-        };
-        o.check()?;
-        Ok(o)
-    }
-
-    fn check(&self) -> Result<(), ConfigError> {
+    /// Whether the options make sense together (a usage error if not).
+    pub fn check(&self) -> Result<(), ConfigError> {
         if self.timeout_ms == 0 {
             return Err(ConfigError("--timeout must be more than 0".into()));
         }
@@ -169,100 +98,6 @@ impl Options {
             ..Settings::default()
         }
     }
-}
-
-/// Both endpoints with their credentials.
-#[derive(Clone, Debug)]
-pub struct Endpoints {
-    pub attention: Endpoint,
-    pub vg: Endpoint,
-}
-
-impl Endpoints {
-    /// From the options and the environment (`ATTENTION_API_KEY`, `VG_API_TOKEN`).
-    pub fn from_env(o: &Options) -> Result<Endpoints, ConfigError> {
-        let key = |var: &str| read_key(var).map_err(ConfigError);
-        Ok(Endpoints {
-            attention: Endpoint {
-                api: Api::Attention,
-                base: Endpoint::check_base(Api::Attention, &o.attention_url)
-                    .map_err(ConfigError)?,
-                secret: key("ATTENTION_API_KEY")?,
-                scheme: o.attention_auth_scheme,
-            },
-            vg: Endpoint {
-                api: Api::Vg,
-                base: Endpoint::check_base(Api::Vg, &o.vg_url).map_err(ConfigError)?,
-                secret: key("VG_API_TOKEN")?,
-                scheme: AuthScheme::Bearer,
-            },
-        })
-    }
-
-    pub fn get(&self, api: Api) -> &Endpoint {
-        match api {
-            Api::Attention => &self.attention,
-            Api::Vg => &self.vg,
-        }
-    }
-
-    /// Every API with rows to send needs its credential.
-    pub fn require(&self, rows_per_api: [u64; 2]) -> Result<(), ConfigError> {
-        for (api, n) in Api::ALL.into_iter().zip(rows_per_api) {
-            if n > 0 && self.get(api).secret.is_none() {
-                let var = match api {
-                    Api::Attention => "ATTENTION_API_KEY",
-                    Api::Vg => "VG_API_TOKEN",
-                };
-                return Err(ConfigError(format!(
-                    "{var} is not set, and {n} row(s) need the {api} API; set it (or rehearse with --sandbox)"
-                )));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A key from the environment: `None` when unset or blank. A key that could
-/// not go into an HTTP header as it is (not UTF-8, a control character such
-/// as CR or LF, or a non-ASCII character) is refused up front, naming the
-/// variable and the position, never the key: sent, it would silently go out
-/// without `Authorization`.
-fn read_key(var: &str) -> Result<Option<Secret>, String> {
-    let Some(raw) = std::env::var_os(var) else {
-        return Ok(None);
-    };
-    let Some(key) = raw.to_str() else {
-        let at = raw
-            .as_encoded_bytes()
-            .utf8_chunks()
-            .next()
-            .map_or(0, |c| c.valid().chars().count());
-        return Err(format!(
-            "{var} is not valid UTF-8 (at character {}); set it to the key exactly as the API gave it",
-            at + 1
-        ));
-    };
-    if key.trim().is_empty() {
-        return Ok(None);
-    }
-    if let Some((at, c)) = key
-        .chars()
-        .enumerate()
-        .find(|(_, c)| !c.is_ascii_graphic() && *c != ' ')
-    {
-        let what = match c {
-            '\r' => "a carriage return (CR)".to_owned(),
-            '\n' => "a line feed (LF)".to_owned(),
-            c if c.is_control() => format!("a control character (U+{:04X})", c as u32),
-            c => format!("a non-ASCII character (U+{:04X})", c as u32),
-        };
-        return Err(format!(
-            "{var} has {what} at character {}, which cannot be sent in an HTTP header; set it to the key exactly as the API gave it",
-            at + 1
-        ));
-    }
-    Ok(Some(Secret::new(key)))
 }
 
 /// What the plan phase found.
@@ -431,7 +266,7 @@ pub async fn plan(
         progress.println(&format!(
             "... and {} more invalid rows (`convoy failures {}` lists them all)",
             sum.invalid - SHOWN,
-            crate::cmd::shell_quote(batch_id)
+            crate::text::shell_quote(batch_id)
         ));
     }
     if notes > SHOWN {
@@ -745,46 +580,6 @@ pub async fn add_send_time(db: &Db, id: &str, elapsed: Duration) -> anyhow::Resu
         .execute(&db.pool)
         .await?;
     Ok(())
-}
-
-/// Rows per status in a batch.
-#[derive(Debug, Default, Clone, Copy, Serialize)]
-pub struct Tally {
-    pub rows: u64,
-    pub pending: u64,
-    pub in_flight: u64,
-    pub succeeded: u64,
-    pub failed: u64,
-    pub invalid: u64,
-    pub held: u64,
-    pub skipped: u64,
-}
-
-impl Tally {
-    pub fn add(&mut self, status: RowStatus, n: u64) {
-        self.rows += n;
-        let count = match status {
-            RowStatus::Pending => &mut self.pending,
-            RowStatus::InFlight => &mut self.in_flight,
-            RowStatus::Succeeded => &mut self.succeeded,
-            RowStatus::Failed => &mut self.failed,
-            RowStatus::Invalid => &mut self.invalid,
-            RowStatus::Held => &mut self.held,
-            RowStatus::Skipped => &mut self.skipped,
-        };
-        *count += n;
-    }
-
-    /// Adds `n` rows of a status read from the database.
-    pub fn add_text(&mut self, status: &str, n: u64) {
-        // The schema's CHECK admits no other status.
-        self.add(RowStatus::parse(status).unwrap_or(RowStatus::Invalid), n);
-    }
-
-    /// Rows that did not end as the user wanted: failed, invalid, held or still to send.
-    pub fn unfinished(&self) -> u64 {
-        self.failed + self.invalid + self.held + self.pending + self.in_flight
-    }
 }
 
 pub async fn tally(db: &Db, id: &str) -> anyhow::Result<Tally> {

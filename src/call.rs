@@ -192,6 +192,111 @@ pub fn plan(edit: &Edit, base: &str) -> Call {
     }
 }
 
+pub const DEFAULT_ATTENTION_URL: &str = "https://api.attention.tech/v2";
+pub const DEFAULT_VG_URL: &str = "https://eu-cloudflare.vg-stuff.com";
+
+/// A usage or configuration problem: exit 2, nothing sent.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Both endpoints with their credentials.
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    pub attention: Endpoint,
+    pub vg: Endpoint,
+}
+
+impl Endpoints {
+    /// From the options and the environment (`ATTENTION_API_KEY`, `VG_API_TOKEN`).
+    pub fn from_env(
+        attention_url: &str,
+        vg_url: &str,
+        attention_scheme: AuthScheme,
+    ) -> Result<Endpoints, ConfigError> {
+        let key = |var: &str| read_key(var).map_err(ConfigError);
+        Ok(Endpoints {
+            attention: Endpoint {
+                api: Api::Attention,
+                base: Endpoint::check_base(Api::Attention, attention_url).map_err(ConfigError)?,
+                secret: key("ATTENTION_API_KEY")?,
+                scheme: attention_scheme,
+            },
+            vg: Endpoint {
+                api: Api::Vg,
+                base: Endpoint::check_base(Api::Vg, vg_url).map_err(ConfigError)?,
+                secret: key("VG_API_TOKEN")?,
+                scheme: AuthScheme::Bearer,
+            },
+        })
+    }
+
+    pub fn get(&self, api: Api) -> &Endpoint {
+        match api {
+            Api::Attention => &self.attention,
+            Api::Vg => &self.vg,
+        }
+    }
+
+    /// Every API with rows to send needs its credential.
+    pub fn require(&self, rows_per_api: [u64; 2]) -> Result<(), ConfigError> {
+        for (api, n) in Api::ALL.into_iter().zip(rows_per_api) {
+            if n > 0 && self.get(api).secret.is_none() {
+                let var = match api {
+                    Api::Attention => "ATTENTION_API_KEY",
+                    Api::Vg => "VG_API_TOKEN",
+                };
+                return Err(ConfigError(format!(
+                    "{var} is not set, and {n} row(s) need the {api} API; set it (or rehearse with --sandbox)"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A key from the environment: `None` when unset or blank. A key that could
+/// not go into an HTTP header as it is (not UTF-8, a control character such
+/// as CR or LF, or a non-ASCII character) is refused up front, naming the
+/// variable and the position, never the key: sent, it would silently go out
+/// without `Authorization`.
+fn read_key(var: &str) -> Result<Option<Secret>, String> {
+    let Some(raw) = std::env::var_os(var) else {
+        return Ok(None);
+    };
+    let Some(key) = raw.to_str() else {
+        let at = raw
+            .as_encoded_bytes()
+            .utf8_chunks()
+            .next()
+            .map_or(0, |c| c.valid().chars().count());
+        return Err(format!(
+            "{var} is not valid UTF-8 (at character {}); set it to the key exactly as the API gave it",
+            at + 1
+        ));
+    };
+    if key.trim().is_empty() {
+        return Ok(None);
+    }
+    if let Some((at, c)) = key
+        .chars()
+        .enumerate()
+        .find(|(_, c)| !c.is_ascii_graphic() && *c != ' ')
+    {
+        let what = match c {
+            '\r' => "a carriage return (CR)".to_owned(),
+            '\n' => "a line feed (LF)".to_owned(),
+            c if c.is_control() => format!("a control character (U+{:04X})", c as u32),
+            c => format!("a non-ASCII character (U+{:04X})", c as u32),
+        };
+        return Err(format!(
+            "{var} has {what} at character {}, which cannot be sent in an HTTP header; set it to the key exactly as the API gave it",
+            at + 1
+        ));
+    }
+    Ok(Some(Secret::new(key)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

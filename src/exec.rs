@@ -241,7 +241,7 @@ impl Executor {
                 let what = if lane.stopped.load(Relaxed) {
                     "stopped (key rejected)".to_owned()
                 } else if let Some(left) = lane.pacer.paused_for() {
-                    format!("paused {} (Retry-After)", crate::cli::show_duration(left))
+                    format!("paused {} (Retry-After)", crate::text::show_duration(left))
                 } else {
                     let pace = match lane.pacer.rate() {
                         Some(r) => format!("{r:.1}/s {}", lane.pacer.kind()),
@@ -742,7 +742,7 @@ fn error_text(status: reqwest::StatusCode, text: &str) -> String {
 
 fn describe(e: &reqwest::Error, timeout: Duration) -> String {
     if e.is_timeout() {
-        return format!("timed out after {}", crate::cli::show_duration(timeout));
+        return format!("timed out after {}", crate::text::show_duration(timeout));
     }
     let kind = if e.is_connect() {
         "connection failed"

@@ -31,3 +31,4 @@ pub mod progress;
 pub mod report;
 pub mod sandbox;
 pub mod source;
+pub mod text;

@@ -99,7 +99,7 @@ impl Progress {
                 let eta = if rate > 0.0 && total > done {
                     format!(
                         ", eta {}",
-                        crate::cli::show_duration(Duration::from_secs_f64(
+                        crate::text::show_duration(Duration::from_secs_f64(
                             (total - done) as f64 / rate
                         ))
                     )
@@ -109,7 +109,7 @@ impl Progress {
                 eprintln!(
                     "progress: {done}/{total} ({:.0}%) in {}{eta}, {} | {}",
                     100.0 * done as f64 / total.max(1) as f64,
-                    crate::cli::show_duration(t0.elapsed()),
+                    crate::text::show_duration(t0.elapsed()),
                     counts(&counters, t0),
                     bounds()
                 );

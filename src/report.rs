@@ -3,7 +3,7 @@
 //! failed rows exported as CSV in the source's own format.
 
 use crate::audit::Db;
-use crate::batch::Tally;
+use crate::audit::Tally;
 use serde::Serialize;
 use std::collections::HashMap;
 

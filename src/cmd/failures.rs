@@ -23,7 +23,7 @@ pub struct FailuresArgs {
     pub cluster: Option<usize>,
 
     #[command(flatten)]
-    pub db: crate::cli::DbArg,
+    pub db: super::args::DbArg,
 }
 
 pub async fn run(g: &Global, a: FailuresArgs) -> anyhow::Result<ExitCode> {
@@ -51,7 +51,7 @@ pub async fn run(g: &Global, a: FailuresArgs) -> anyhow::Result<ExitCode> {
                     return Ok(usage(format_args!(
                         "batch {} has no failure cluster #{n}; `convoy status {}` lists them",
                         a.batch,
-                        super::shell_quote(&a.batch)
+                        crate::text::shell_quote(&a.batch)
                     )));
                 }
             }

@@ -1,14 +1,17 @@
 //! One module per command, each owning its `Args` and a `run`; what they
 //! share (the send phase's ending, signals) is here.
 
+pub mod args;
 pub mod failures;
 pub mod resume;
 pub mod run;
 pub mod sandbox;
 pub mod status;
 
-use crate::batch::{self, Batch, ConfigError, Endpoints, PlanSummary};
+use crate::batch::{self, Batch, PlanSummary};
+use crate::call::{ConfigError, Endpoints};
 use crate::sandbox::Sandbox;
+use crate::text::shell_quote;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -26,20 +29,6 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     pub const STOPPED: u8 = 3;
     pub const INTERRUPTED: u8 = 130;
-}
-
-/// `name` as one shell word, for the commands that hints suggest: as it is
-/// when it is plain, else in single quotes.
-pub fn shell_quote(name: &str) -> std::borrow::Cow<'_, str> {
-    let plain = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-:+@/=,%".contains(c));
-    if plain {
-        name.into()
-    } else {
-        format!("'{}'", name.replace('\'', "'\\''")).into()
-    }
 }
 
 /// The free space a batch needs beside its audit database, unless
@@ -79,7 +68,12 @@ pub async fn endpoints(
         let e = sb.endpoints(options.attention_auth_scheme);
         return Ok(Ok((Some(sb), e)));
     }
-    Ok(Endpoints::from_env(options).map(|e| (None, e)))
+    Ok(Endpoints::from_env(
+        &options.attention_url,
+        &options.vg_url,
+        options.attention_auth_scheme,
+    )
+    .map(|e| (None, e)))
 }
 
 /// First Ctrl-C or SIGTERM: cancel (calls in flight finish). Second: exit at once.
@@ -219,7 +213,7 @@ pub async fn send_phase(
         .load(std::sync::atomic::Ordering::Relaxed);
     crate::outln!(
         "batch {batch_id} {status} in {}{}: {} rows, {} succeeded, {} failed, {} invalid, {}{} pending ({:.1} rows/s this run)",
-        crate::cli::show_duration(report.elapsed),
+        crate::text::show_duration(report.elapsed),
         if on_sandbox {
             " against the sandbox"
         } else {

@@ -1,10 +1,10 @@
 //! `convoy resume NAME`: continue a batch from its recorded source, sending
 //! every row that has not succeeded, and never a row that has.
 
+use super::args::{ExecArgs, InputArgs};
 use super::{Global, send_phase, usage};
 use crate::audit::Db;
-use crate::batch::{self, Options, PlanError};
-use crate::cli::{ExecArgs, InputArgs};
+use crate::batch::{self, PlanError};
 use crate::progress::Progress;
 use crate::source::{self, Source};
 use clap::Args;
@@ -24,10 +24,10 @@ pub struct ResumeArgs {
     pub exec: ExecArgs,
 
     #[command(flatten)]
-    pub db: crate::cli::DbArg,
+    pub db: super::args::DbArg,
 
     #[command(flatten)]
-    pub quiet: crate::cli::QuietArg,
+    pub quiet: super::args::QuietArg,
 }
 
 pub async fn run(g: &Global, a: ResumeArgs) -> anyhow::Result<ExitCode> {
@@ -57,7 +57,7 @@ pub async fn run(g: &Global, a: ResumeArgs) -> anyhow::Result<ExitCode> {
     let Some(rec) = batch::load(&db, &a.batch).await? else {
         return Ok(usage(format_args!("batch {:?} is gone", a.batch)));
     };
-    let options = match Options::resolve(&a.exec, &a.input, Some(&rec.options)) {
+    let options = match super::args::resolve(&a.exec, &a.input, Some(&rec.options)) {
         Ok(o) => o,
         Err(e) => return Ok(usage(e)),
     };

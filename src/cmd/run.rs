@@ -1,9 +1,10 @@
 //! `convoy run SOURCE`: plan every row into a new batch, then send.
 
+use super::args::{ExecArgs, InputArgs};
 use super::{Global, send_phase, usage};
 use crate::audit::Db;
-use crate::batch::{self, Endpoints, Options, PlanError};
-use crate::cli::{ExecArgs, InputArgs};
+use crate::batch::{self, PlanError};
+use crate::call::Endpoints;
 use crate::progress::Progress;
 use crate::source::{self, Source};
 use clap::Args;
@@ -35,14 +36,14 @@ pub struct RunArgs {
     pub exec: ExecArgs,
 
     #[command(flatten)]
-    pub db: crate::cli::DbArg,
+    pub db: super::args::DbArg,
 
     #[command(flatten)]
-    pub quiet: crate::cli::QuietArg,
+    pub quiet: super::args::QuietArg,
 }
 
 pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<ExitCode> {
-    let options = match Options::resolve(&a.exec, &a.input, None) {
+    let options = match super::args::resolve(&a.exec, &a.input, None) {
         Ok(o) => o,
         Err(e) => return Ok(usage(e)),
     };
@@ -98,7 +99,7 @@ pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(usage(format_args!(
             "batch {name:?} already exists in {}; to continue it: convoy resume {}",
             g.db.display(),
-            super::shell_quote(&name)
+            crate::text::shell_quote(&name)
         )));
     }
     let columns = reader.columns.names.clone();

@@ -1,7 +1,7 @@
 //! `convoy sandbox`: serve the simulator of both APIs until Ctrl-C.
 
-use crate::cli::parse_duration;
 use crate::sandbox::{Config, Sandbox, Shape};
+use crate::text::parse_duration;
 use clap::Args;
 use std::net::SocketAddr;
 use std::process::ExitCode;

@@ -3,8 +3,8 @@
 
 use super::{Global, usage};
 use crate::audit::Db;
-use crate::cli::show_duration;
 use crate::report::{self, BatchLine};
+use crate::text::show_duration;
 use clap::Args;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -19,7 +19,7 @@ pub struct StatusArgs {
     pub json: bool,
 
     #[command(flatten)]
-    pub db: crate::cli::DbArg,
+    pub db: super::args::DbArg,
 }
 
 pub async fn run(g: &Global, a: StatusArgs) -> anyhow::Result<ExitCode> {
@@ -207,7 +207,7 @@ fn print_detail(d: &report::Detail) {
     } else {
         crate::outln!(
             "  failures   largest first; `convoy failures {} --cluster N` exports one",
-            super::shell_quote(&l.batch)
+            crate::text::shell_quote(&l.batch)
         );
         for k in &d.clusters {
             let what = format!(

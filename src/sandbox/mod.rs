@@ -12,8 +12,7 @@
 //! conversations' state, the rate limit changed while running, and scripted
 //! answers for one conversation.
 
-use crate::batch::Endpoints;
-use crate::call::{AuthScheme, Endpoint, Secret};
+use crate::call::{AuthScheme, Endpoint, Endpoints, Secret};
 use crate::edit::{self, Api};
 pub use limiter::{Limit, Limiter, Shape};
 

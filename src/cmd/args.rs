@@ -1,0 +1,198 @@
+//! The flags `run` and `resume` share, as clap defines them, and their
+//! resolution into the plain [`Options`] a batch records: flags over a
+//! resumed batch's recorded options over defaults. Nothing below the
+//! commands sees a clap type.
+
+use crate::batch::Options;
+use crate::call::{AuthScheme, ConfigError, DEFAULT_ATTENTION_URL, DEFAULT_VG_URL};
+use crate::edit::Op;
+use crate::pacer::RateSpec;
+use crate::text::{parse_duration, parse_size};
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `--db`, for the commands that read or write the audit database.
+#[derive(Debug, Args, Clone, Default)]
+pub struct DbArg {
+    /// The audit database, created and migrated when missing [env: CONVOY_DB] [default: convoy.db]
+    #[arg(long, value_name = "PATH", help_heading = "Audit and output")]
+    pub db: Option<PathBuf>,
+}
+
+/// `--quiet`, for the commands that show progress.
+#[derive(Debug, Args, Clone, Default)]
+pub struct QuietArg {
+    /// No progress bar or progress lines (the summary and errors still print).
+    #[arg(long, short, help_heading = "Audit and output")]
+    pub quiet: bool,
+}
+
+/// How calls are made: shared by `run` and `resume`.
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Sending")]
+pub struct ExecArgs {
+    /// Calls in flight per API: auto (sized from each API's latency and pace), or N as a hard cap [default: auto]
+    #[arg(long, value_parser = parse_concurrency)]
+    pub concurrency: Option<Concurrency>,
+
+    /// Attention pace: N/s, N/min, N/h, 0 (unlimited), auto, or auto:N/s (auto with a ceiling) [default: auto]
+    #[arg(long, env = "CONVOY_ATTENTION_RATE", help_heading = "Pacing")]
+    pub attention_rate: Option<RateSpec>,
+
+    /// VG pace, as --attention-rate [default: auto]
+    #[arg(long, env = "CONVOY_VG_RATE", help_heading = "Pacing")]
+    pub vg_rate: Option<RateSpec>,
+
+    /// Attempts per row in all, retries included [default: 5]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_attempts: Option<u32>,
+
+    /// Per-request timeout, like 30s, 500ms or 2m [default: 30s]
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+
+    /// Attention base URL [default: https://api.attention.tech/v2]
+    #[arg(long, env = "ATTENTION_BASE_URL", help_heading = "Endpoints")]
+    pub attention_url: Option<String>,
+
+    /// VG base URL (picks the region) [default: https://eu-cloudflare.vg-stuff.com]
+    #[arg(long, env = "VG_BASE_URL", help_heading = "Endpoints")]
+    pub vg_url: Option<String>,
+
+    /// How the Attention key is sent: raw (`Authorization: <key>`) or bearer [default: raw]
+    #[arg(
+        long,
+        env = "ATTENTION_AUTH_SCHEME",
+        value_enum,
+        help_heading = "Endpoints"
+    )]
+    pub attention_auth_scheme: Option<AuthScheme>,
+
+    /// Refuse to start with less than this free beside the audit database, like 256MB or 2GB (0: no check) [default: 256MB]
+    #[arg(long, value_parser = parse_size, value_name = "SIZE", help_heading = "Audit and output")]
+    pub min_free: Option<u64>,
+
+    /// Run against an in-process sandbox of both APIs: no keys, no network.
+    #[arg(long, help_heading = "Endpoints")]
+    pub sandbox: bool,
+}
+
+/// How rows are read: shared by `run` and `resume`.
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Input")]
+pub struct InputArgs {
+    /// The op of every row, for a source without an `op` column (a row's own op wins).
+    #[arg(long, value_parser = parse_op)]
+    pub op: Option<Op>,
+
+    /// Send nothing at all if any row is invalid (exit 3).
+    #[arg(long)]
+    pub strict: bool,
+
+    /// The CSV delimiter: one character like ';', or tab [default: found from the header line]
+    #[arg(long, value_parser = crate::source::parse_delimiter)]
+    pub delimiter: Option<u8>,
+
+    /// The CSV file's encoding, like windows-1252 or latin1 (Excel's CSV export) [default: utf-8]
+    #[arg(long, value_parser = crate::source::parse_encoding)]
+    pub encoding: Option<&'static encoding_rs::Encoding>,
+
+    /// Send a row even when a later edit of its conversation already succeeded (by default such a row is held, so a fix never undoes a newer edit).
+    #[arg(long)]
+    pub send_older_edits: bool,
+}
+
+/// `--concurrency`: `auto`, or a hard cap per API.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Concurrency {
+    Auto,
+    Cap(u32),
+}
+
+fn parse_concurrency(s: &str) -> Result<Concurrency, String> {
+    if s.trim() == "auto" {
+        return Ok(Concurrency::Auto);
+    }
+    match s.trim().parse::<u32>() {
+        Ok(n @ 1..=1024) => Ok(Concurrency::Cap(n)),
+        _ => Err(format!(
+            "{s:?} is not a concurrency; write auto, or a number from 1 to 1024"
+        )),
+    }
+}
+
+fn parse_op(s: &str) -> Result<Op, String> {
+    Op::parse(s).ok_or_else(|| {
+        let hint = crate::edit::did_you_mean(s, Op::ALL.iter().map(|o| o.name()))
+            .map(|n| format!(" (did you mean {n}?)"))
+            .unwrap_or_default();
+        format!(
+            "unknown op {s:?}{hint}; known ops: {}",
+            Op::ALL.map(Op::name).join(", ")
+        )
+    })
+}
+
+/// Flags over `recorded` (a resumed batch's options) over defaults.
+pub fn resolve(
+    exec: &ExecArgs,
+    input: &InputArgs,
+    recorded: Option<&Options>,
+) -> Result<Options, ConfigError> {
+    let rate = |flag: &Option<RateSpec>, old: Option<&String>| -> String {
+        flag.map(|r| r.to_string())
+            .or_else(|| old.cloned())
+            .unwrap_or_else(|| "auto".into())
+    };
+    let o = Options {
+        concurrency: match exec.concurrency {
+            Some(Concurrency::Auto) => None,
+            Some(Concurrency::Cap(n)) => Some(n),
+            None => recorded.and_then(|r| r.concurrency),
+        },
+        attention_rate: rate(&exec.attention_rate, recorded.map(|r| &r.attention_rate)),
+        vg_rate: rate(&exec.vg_rate, recorded.map(|r| &r.vg_rate)),
+        max_attempts: exec
+            .max_attempts
+            .or(recorded.map(|r| r.max_attempts))
+            .unwrap_or(5),
+        timeout_ms: exec
+            .timeout
+            .map(|t| t.as_millis() as u64)
+            .or(recorded.map(|r| r.timeout_ms))
+            .unwrap_or(30_000),
+        attention_url: exec
+            .attention_url
+            .clone()
+            .or(recorded.map(|r| r.attention_url.clone()))
+            .unwrap_or_else(|| DEFAULT_ATTENTION_URL.into()),
+        vg_url: exec
+            .vg_url
+            .clone()
+            .or(recorded.map(|r| r.vg_url.clone()))
+            .unwrap_or_else(|| DEFAULT_VG_URL.into()),
+        attention_auth_scheme: exec
+            .attention_auth_scheme
+            .or(recorded.map(|r| r.attention_auth_scheme))
+            .unwrap_or(AuthScheme::Raw),
+        op: input
+            .op
+            .map(|o| o.name().to_owned())
+            .or(recorded.and_then(|r| r.op.clone())),
+        strict: input.strict || recorded.is_some_and(|r| r.strict),
+        sandbox: exec.sandbox || recorded.is_some_and(|r| r.sandbox),
+        // Never inherited: each pass says it again.
+        send_older_edits: input.send_older_edits,
+        delimiter: input
+            .delimiter
+            .map(char::from)
+            .or(recorded.and_then(|r| r.delimiter)),
+        encoding: input
+            .encoding
+            .map(|e| e.name().to_owned())
+            .or(recorded.and_then(|r| r.encoding.clone())),
+    };
+    o.check()?;
+    Ok(o)
+}
