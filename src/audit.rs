@@ -500,6 +500,18 @@ pub async fn mark_unreadable(db: &Db, rowid: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Rows this pass of a batch will send.
+pub async fn count_sendable(db: &Db, batch_id: &str, pass: i64) -> anyhow::Result<u64> {
+    let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM audit WHERE batch_id = ?1 AND pass = ?2 AND status IN {SENDABLE}"
+    )))
+    .bind(batch_id)
+    .bind(pass)
+    .fetch_one(&db.pool)
+    .await?;
+    Ok(n as u64)
+}
+
 /// Rows of one API in a batch that are still to send (`pending` or `in_flight`).
 pub async fn unsent_for_api(db: &Db, batch_id: &str, api: Api) -> anyhow::Result<u64> {
     let (n,): (i64,) = sqlx::query_as(

@@ -36,7 +36,7 @@ pub enum Command {
     Sandbox(crate::cmd::sandbox::SandboxArgs),
 }
 
-pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+pub async fn dispatch(cli: Cli) -> Result<ExitCode, crate::cmd::Error> {
     let Cli { command, db, quiet } = cli;
     // After the command wins over before it, then CONVOY_DB, then the default.
     let global = |sub: &DbArg, sub_quiet: bool| crate::cmd::Global {

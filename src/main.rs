@@ -12,7 +12,7 @@ async fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(convoy::cmd::exit::USAGE)
+            ExitCode::from(e.exit_code())
         }
     }
 }

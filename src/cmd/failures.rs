@@ -26,16 +26,16 @@ pub struct FailuresArgs {
     pub db: super::args::DbArg,
 }
 
-pub async fn run(g: &Global, a: FailuresArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(g: &Global, a: FailuresArgs) -> Result<ExitCode, super::Error> {
     if !g.db.exists() {
-        return Ok(usage(format_args!(
+        return Err(usage(format_args!(
             "no audit database at {}; pass --db",
             g.db.display()
         )));
     }
     let db = Db::open(&g.db).await?;
     if crate::batch::load(&db, &a.batch).await?.is_none() {
-        return Ok(usage(format_args!(
+        return Err(usage(format_args!(
             "no batch {:?} in {}; `convoy status` lists them",
             a.batch,
             g.db.display()
@@ -48,7 +48,7 @@ pub async fn run(g: &Global, a: FailuresArgs) -> anyhow::Result<ExitCode> {
             match all.into_iter().find(|c| c.cluster == n) {
                 Some(c) => Some(c),
                 None => {
-                    return Ok(usage(format_args!(
+                    return Err(usage(format_args!(
                         "batch {} has no failure cluster #{n}; `convoy status {}` lists them",
                         a.batch,
                         crate::text::shell_quote(&a.batch)

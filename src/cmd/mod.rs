@@ -52,10 +52,34 @@ pub fn check_free_space(db: &std::path::Path, min: Option<u64>) -> Result<(), St
     }
 }
 
-/// Prints a usage, configuration or source error and gives exit 2.
-pub fn usage(msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("error: {msg}");
-    ExitCode::from(exit::USAGE)
+/// What a command fails with. `main` turns each into its exit code, in one
+/// place ([`Error::exit_code`]); a batch that ran to its end is never an
+/// error, whatever its rows did (its exit code says that).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A usage, configuration or source problem, found before anything was sent.
+    #[error("{0}")]
+    Usage(String),
+    /// The audit database failed after sending began.
+    #[error(transparent)]
+    StoppedEarly(#[from] batch::StoppedEarly),
+    /// Anything else (the audit database could not be opened, say); nothing was sent.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl Error {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Usage(_) | Error::Other(_) => exit::USAGE,
+            Error::StoppedEarly(_) => exit::STOPPED,
+        }
+    }
+}
+
+/// A usage, configuration or source error: exit 2, nothing sent.
+pub fn usage(msg: impl std::fmt::Display) -> Error {
+    Error::Usage(msg.to_string())
 }
 
 /// The endpoints to use: an in-process sandbox's with `--sandbox` (kept
@@ -113,7 +137,7 @@ pub async fn interrupted_while_planning(
     batch_id: &str,
     plan: &PlanSummary,
     from_stdin: bool,
-) -> anyhow::Result<ExitCode> {
+) -> Result<ExitCode, Error> {
     let q = shell_quote(batch_id);
     batch::set_status(db, batch_id, "interrupted").await?;
     crate::outln!(
@@ -139,7 +163,7 @@ pub async fn send_phase(
     on_sandbox: bool,
     check_order: bool,
     cancel: CancellationToken,
-) -> anyhow::Result<ExitCode> {
+) -> Result<ExitCode, Error> {
     let Batch {
         db,
         id: batch_id,
@@ -153,15 +177,7 @@ pub async fn send_phase(
     } else {
         0
     };
-    let to_send: u64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FROM audit WHERE batch_id = ?1 AND pass = ?2 AND status IN {}",
-        crate::audit::SENDABLE
-    )))
-    .bind(batch_id)
-    .bind(pass)
-    .fetch_one(&db.pool)
-    .await
-    .map(|n: i64| n as u64)?;
+    let to_send = crate::audit::count_sendable(db, batch_id, pass).await?;
     if let Err(ConfigError(e)) = endpoints.require(plan.per_api) {
         batch::set_status(db, batch_id, "failed").await?;
         eprintln!("error: {e}");
@@ -176,25 +192,39 @@ pub async fn send_phase(
         );
         return Ok(ExitCode::from(exit::STOPPED));
     }
+    // From here on calls have gone out: a failure is "stopped early" (exit 3), never 2.
     let report = match batch::execute(b, cancel, g.quiet, to_send).await {
         Ok(r) => r,
-        Err(e) => match e.downcast::<batch::StoppedEarly>() {
-            Ok(stopped) => {
-                let marked = batch::set_status(db, batch_id, "interrupted").await.is_ok();
-                eprintln!("error: {stopped}");
-                eprintln!(
-                    "stopped sending; calls already answered may not be recorded.{} Once the database is healthy, `convoy resume {q}` sends the rest",
-                    if marked {
-                        " The batch is marked interrupted."
-                    } else {
-                        ""
-                    }
-                );
-                return Ok(ExitCode::from(exit::STOPPED));
-            }
-            Err(e) => return Err(e),
-        },
+        Err(e) => {
+            let marked = batch::set_status(db, batch_id, "interrupted").await.is_ok();
+            eprintln!("error: {e:#}");
+            eprintln!(
+                "stopped sending; calls already answered may not be recorded.{} Once the cause is fixed, `convoy resume {q}` sends the rest",
+                if marked {
+                    " The batch is marked interrupted."
+                } else {
+                    ""
+                }
+            );
+            return Ok(ExitCode::from(exit::STOPPED));
+        }
     };
+    finish(b, &report, held, on_sandbox)
+        .await
+        .map_err(|e| Error::StoppedEarly(batch::StoppedEarly(e)))
+}
+
+/// After the send phase: record the batch's end, print the summary, choose the exit code.
+async fn finish(
+    b: &Batch<'_>,
+    report: &batch::ExecReport,
+    held: u64,
+    on_sandbox: bool,
+) -> anyhow::Result<ExitCode> {
+    let Batch {
+        db, id: batch_id, ..
+    } = *b;
+    let q = shell_quote(batch_id);
     let tally = batch::tally(db, batch_id).await?;
     let status = if report.interrupted {
         "interrupted"

@@ -30,19 +30,19 @@ pub struct ResumeArgs {
     pub quiet: super::args::QuietArg,
 }
 
-pub async fn run(g: &Global, a: ResumeArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(g: &Global, a: ResumeArgs) -> Result<ExitCode, super::Error> {
     if !g.db.exists() {
-        return Ok(usage(format_args!(
+        return Err(usage(format_args!(
             "no audit database at {}; pass --db",
             g.db.display()
         )));
     }
     if let Err(e) = super::check_free_space(&g.db, a.exec.min_free) {
-        return Ok(usage(e));
+        return Err(usage(e));
     }
     let db = Db::open(&g.db).await?;
     let Some(rec) = batch::load(&db, &a.batch).await? else {
-        return Ok(usage(format_args!(
+        return Err(usage(format_args!(
             "no batch {:?} in {}; `convoy status` lists them",
             a.batch,
             g.db.display()
@@ -51,19 +51,19 @@ pub async fn run(g: &Global, a: ResumeArgs) -> anyhow::Result<ExitCode> {
     // Held until this process ends: no other process can send the batch meanwhile.
     let _claim = match db.lock_batch(&rec.id)? {
         Ok(lock) => lock,
-        Err(busy) => return Ok(usage(busy)),
+        Err(busy) => return Err(usage(busy)),
     };
     // Read again under the claim: another process may have just finished a pass.
     let Some(rec) = batch::load(&db, &a.batch).await? else {
-        return Ok(usage(format_args!("batch {:?} is gone", a.batch)));
+        return Err(usage(format_args!("batch {:?} is gone", a.batch)));
     };
     let options = match super::args::resolve(&a.exec, &a.input, Some(&rec.options)) {
         Ok(o) => o,
-        Err(e) => return Ok(usage(e)),
+        Err(e) => return Err(usage(e)),
     };
     let (sandbox, endpoints) = match super::endpoints(&options).await? {
         Ok(pair) => pair,
-        Err(e) => return Ok(usage(e)),
+        Err(e) => return Err(usage(e)),
     };
     let source = match rec.source_kind.as_str() {
         "stdin" => None,
@@ -77,7 +77,7 @@ pub async fn run(g: &Global, a: ResumeArgs) -> anyhow::Result<ExitCode> {
         Some(s) => match source::open(s, options.default_op(), options.csv_format()).await {
             Ok(r) => Some(r),
             Err(e) => {
-                return Ok(usage(format_args!(
+                return Err(usage(format_args!(
                     "{e}; the batch was read from {s}, and is left as it was"
                 )));
             }
@@ -140,10 +140,10 @@ pub async fn run(g: &Global, a: ResumeArgs) -> anyhow::Result<ExitCode> {
                     }
                     r.plan
                 }
-                Err(PlanError::Db(e)) => return Err(e),
+                Err(PlanError::Db(e)) => return Err(e.into()),
                 Err(e) => {
                     batch::set_status(&db, &rec.id, "failed").await?;
-                    return Ok(usage(format_args!("{e}; nothing was sent")));
+                    return Err(usage(format_args!("{e}; nothing was sent")));
                 }
             }
         }

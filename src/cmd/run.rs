@@ -42,27 +42,27 @@ pub struct RunArgs {
     pub quiet: super::args::QuietArg,
 }
 
-pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(g: &Global, a: RunArgs) -> Result<ExitCode, super::Error> {
     let options = match super::args::resolve(&a.exec, &a.input, None) {
         Ok(o) => o,
-        Err(e) => return Ok(usage(e)),
+        Err(e) => return Err(usage(e)),
     };
     let source = match Source::from_arg(&a.source, a.table.as_deref()) {
         Ok(s) => s,
-        Err(e) => return Ok(usage(e)),
+        Err(e) => return Err(usage(e)),
     };
     if let Some(name) = &a.batch
         && (name.trim().is_empty() || name.len() > 200)
     {
-        return Ok(usage("--batch: give a name of 1 to 200 characters"));
+        return Err(usage("--batch: give a name of 1 to 200 characters"));
     }
     let (sandbox, endpoints) = match super::endpoints(&options).await? {
         Ok(pair) => pair,
-        Err(e) => return Ok(usage(e)),
+        Err(e) => return Err(usage(e)),
     };
     let reader = match source::open(&source, options.default_op(), options.csv_format()).await {
         Ok(r) => r,
-        Err(e) => return Ok(usage(e)),
+        Err(e) => return Err(usage(e)),
     };
     for w in &reader.columns.warnings {
         eprintln!("warning: {w}");
@@ -72,7 +72,7 @@ pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<ExitCode> {
     }
 
     if let Err(e) = super::check_free_space(&g.db, a.exec.min_free) {
-        return Ok(usage(e));
+        return Err(usage(e));
     }
     let db = Db::open(&g.db).await?;
     let name = a.batch.clone().unwrap_or_else(|| {
@@ -93,10 +93,10 @@ pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<ExitCode> {
     // Held until this process ends: a `resume` of this batch meanwhile refuses.
     let _claim = match db.lock_batch(&name)? {
         Ok(lock) => lock,
-        Err(busy) => return Ok(usage(busy)),
+        Err(busy) => return Err(usage(busy)),
     };
     if !batch::create(&db, &name, &source, &reader.columns.names, &options).await? {
-        return Ok(usage(format_args!(
+        return Err(usage(format_args!(
             "batch {name:?} already exists in {}; to continue it: convoy resume {}",
             g.db.display(),
             crate::text::shell_quote(&name)
@@ -110,10 +110,10 @@ pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<ExitCode> {
     progress.finish();
     let plan = match planned {
         Ok(p) => p,
-        Err(PlanError::Db(e)) => return Err(e),
+        Err(PlanError::Db(e)) => return Err(e.into()),
         Err(e) => {
             batch::discard(&db, &name).await?;
-            return Ok(usage(format_args!("{e}; nothing was sent")));
+            return Err(usage(format_args!("{e}; nothing was sent")));
         }
     };
     if cancel.is_cancelled() {
@@ -135,7 +135,10 @@ pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `--dry-run`: every row validated and its call printed; no database, no network.
-async fn dry_run(mut reader: source::Reader, endpoints: &Endpoints) -> anyhow::Result<ExitCode> {
+async fn dry_run(
+    mut reader: source::Reader,
+    endpoints: &Endpoints,
+) -> Result<ExitCode, super::Error> {
     let mut keys = HashSet::new();
     let (mut calls, mut invalid) = (0u64, 0u64);
     let progress = Progress::none();
@@ -143,11 +146,11 @@ async fn dry_run(mut reader: source::Reader, endpoints: &Endpoints) -> anyhow::R
     while let Some(row) = reader.rows.recv().await {
         let row = match row {
             Ok(r) => r,
-            Err(e) => return Ok(usage(e)),
+            Err(e) => return Err(usage(e)),
         };
         let (planned, warnings) = batch::plan_row(&reader.columns, &row, endpoints);
         if let Some(first) = keys.replace(planned.row_key.clone()) {
-            return Ok(usage(format_args!(
+            return Err(usage(format_args!(
                 "row {}: row_id {first:?} is used by an earlier row too; row_id must be unique",
                 row.number
             )));
@@ -166,7 +169,8 @@ async fn dry_run(mut reader: source::Reader, endpoints: &Endpoints) -> anyhow::R
                         .request_body
                         .map(|b| format!(" {b}"))
                         .unwrap_or_default()
-                )?;
+                )
+                .map_err(anyhow::Error::from)?;
             }
             _ => {
                 invalid += 1;

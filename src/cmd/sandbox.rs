@@ -119,7 +119,7 @@ fn parse_share(s: &str) -> Result<f64, String> {
         .ok_or_else(|| format!("{s:?}: give a share from 0 to 1, like 0.05"))
 }
 
-pub async fn run(a: SandboxArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(a: SandboxArgs) -> Result<ExitCode, super::Error> {
     let config = Config {
         attention_key: a.attention_key,
         vg_token: a.vg_token,
@@ -150,6 +150,6 @@ pub async fn run(a: SandboxArgs) -> anyhow::Result<ExitCode> {
     crate::outln!("  export ATTENTION_API_KEY={}", config.attention_key);
     crate::outln!("  export VG_API_TOKEN={}", config.vg_token);
     crate::outln!("(sandbox credentials, not secrets; Ctrl-C stops it)");
-    tokio::signal::ctrl_c().await?;
+    tokio::signal::ctrl_c().await.map_err(anyhow::Error::from)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -22,9 +22,9 @@ pub struct StatusArgs {
     pub db: super::args::DbArg,
 }
 
-pub async fn run(g: &Global, a: StatusArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(g: &Global, a: StatusArgs) -> Result<ExitCode, super::Error> {
     if !g.db.exists() {
-        return Ok(usage(format_args!(
+        return Err(usage(format_args!(
             "no audit database at {}; run a batch first, or pass --db",
             g.db.display()
         )));
@@ -36,7 +36,8 @@ pub async fn run(g: &Global, a: StatusArgs) -> anyhow::Result<ExitCode> {
             if a.json {
                 crate::outln!(
                     "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({ "batches": lines }))?
+                    serde_json::to_string_pretty(&serde_json::json!({ "batches": lines }))
+                        .map_err(anyhow::Error::from)?
                 );
             } else {
                 print_list(&lines);
@@ -44,13 +45,16 @@ pub async fn run(g: &Global, a: StatusArgs) -> anyhow::Result<ExitCode> {
         }
         Some(name) => {
             let Some(d) = report::detail(&db, name).await? else {
-                return Ok(usage(format_args!(
+                return Err(usage(format_args!(
                     "no batch {name:?} in {}; `convoy status` lists them",
                     g.db.display()
                 )));
             };
             if a.json {
-                crate::outln!("{}", serde_json::to_string_pretty(&d)?);
+                crate::outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&d).map_err(anyhow::Error::from)?
+                );
             } else {
                 print_detail(&d);
             }
