@@ -9,7 +9,7 @@ use crate::edit::Api;
 use anyhow::Context;
 use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Connection, SqliteConnection, SqlitePool};
+use sqlx::{ConnectOptions, Connection, SqliteConnection, SqlitePool};
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
@@ -258,6 +258,146 @@ impl Tally {
     }
 }
 
+// ---- The batches table.
+
+/// Records a new batch; `false` when the name is taken.
+pub async fn create(
+    db: &Db,
+    id: &str,
+    source: &crate::source::Source,
+    columns: &[String],
+    options: &impl Serialize,
+) -> anyhow::Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO batches (id, source, source_kind, source_table, columns, status, created_at, options, pid) \
+         VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(id)
+    .bind(source.location())
+    .bind(source.kind())
+    .bind(source.table())
+    .bind(serde_json::to_string(columns)?)
+    .bind(now())
+    .bind(serde_json::to_string(options)?)
+    .bind(i64::from(std::process::id()))
+    .execute(&db.pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Removes a batch that never sent anything (its source turned out unreadable).
+pub async fn discard(db: &Db, id: &str) -> anyhow::Result<()> {
+    let mut tx = db.pool.begin().await?;
+    for sql in [
+        "DELETE FROM audit WHERE batch_id = ?1",
+        "DELETE FROM batches WHERE id = ?1",
+    ] {
+        sqlx::query(sql).bind(id).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+pub async fn set_status(db: &Db, id: &str, status: &str) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE batches SET status = ?2, finished_at = CASE WHEN ?2 = 'running' THEN NULL ELSE ?3 END WHERE id = ?1",
+    )
+    .bind(id)
+    .bind(status)
+    .bind(now())
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
+/// Adds a pass's sending time to the batch (its achieved rate is rows over this).
+pub async fn add_send_time(db: &Db, id: &str, elapsed: Duration) -> anyhow::Result<()> {
+    sqlx::query("UPDATE batches SET send_seconds = send_seconds + ?2 WHERE id = ?1")
+        .bind(id)
+        .bind(elapsed.as_secs_f64())
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn tally(db: &Db, id: &str) -> anyhow::Result<Tally> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM audit WHERE batch_id = ?1 GROUP BY status")
+            .bind(id)
+            .fetch_all(&db.pool)
+            .await?;
+    let mut t = Tally::default();
+    for (status, n) in rows {
+        t.add_text(&status, n as u64);
+    }
+    Ok(t)
+}
+
+/// A batch as recorded.
+#[derive(Debug, Clone)]
+pub struct BatchRecord<O> {
+    pub id: String,
+    pub source: String,
+    pub source_kind: String,
+    pub source_table: Option<String>,
+    pub status: String,
+    pub options: O,
+    pub pid: Option<i64>,
+    pub passes: i64,
+}
+
+/// A batch as recorded, its options read as `O` (the commands' `Options`).
+pub async fn load<O: serde::de::DeserializeOwned>(
+    db: &Db,
+    id: &str,
+) -> anyhow::Result<Option<BatchRecord<O>>> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        id: String,
+        source: String,
+        source_kind: String,
+        source_table: Option<String>,
+        status: String,
+        options: String,
+        pid: Option<i64>,
+        passes: i64,
+    }
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT id, source, source_kind, source_table, status, options, pid, passes FROM batches WHERE id = ?1",
+    )
+    .bind(id)
+    .fetch_optional(&db.pool)
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    let options = serde_json::from_str(&r.options).map_err(|e| {
+        anyhow::anyhow!("batch {}: its recorded options are unreadable ({e})", r.id)
+    })?;
+    Ok(Some(BatchRecord {
+        id: r.id,
+        source: r.source,
+        source_kind: r.source_kind,
+        source_table: r.source_table,
+        status: r.status,
+        options,
+        pid: r.pid,
+        passes: r.passes,
+    }))
+}
+
+/// Starts a new pass of a recorded batch: `running`, this process, the new options.
+pub async fn begin_pass(db: &Db, id: &str, options: &impl Serialize) -> anyhow::Result<i64> {
+    let (pass,): (i64,) = sqlx::query_as(
+        "UPDATE batches SET passes = passes + 1, status = 'running', finished_at = NULL, pid = ?2, options = ?3 \
+         WHERE id = ?1 RETURNING passes",
+    )
+    .bind(id)
+    .bind(i64::from(std::process::id()))
+    .bind(serde_json::to_string(options)?)
+    .fetch_one(&db.pool)
+    .await?;
+    Ok(pass)
+}
+
 /// The rows a pass still sends: `audit.status IN SENDABLE`.
 pub const SENDABLE: &str = "('pending', 'in_flight', 'failed')";
 
@@ -341,22 +481,132 @@ fn planned_sql(rows: usize, upsert: bool) -> String {
     sql
 }
 
-/// Inserts planned rows in one transaction; a repeated key fails the whole
-/// call with the two row numbers.
-pub async fn insert_planned(
+/// Inserts planned rows in one transaction (their keys were checked by [`SeenKeys`]).
+pub async fn insert_planned(db: &Db, batch_id: &str, rows: &[PlannedRow]) -> anyhow::Result<()> {
+    Ok(write_planned(db, batch_id, 1, rows, false).await?)
+}
+
+/// The one place a repeated `row_id` is caught, for the plan phase, a
+/// resume's reconciliation and `--dry-run` alike: the keys seen so far live
+/// in a temporary table of a connection of their own (on disk beside the
+/// audit database, or in memory for a dry run), so memory stays flat
+/// however many rows the source has.
+pub struct SeenKeys {
+    conn: SqliteConnection,
+}
+
+impl SeenKeys {
+    /// Keys kept beside the audit database.
+    pub async fn beside(db: &Db) -> anyhow::Result<SeenKeys> {
+        Self::on(db.pool.acquire().await?.detach()).await
+    }
+
+    /// Keys kept in an in-memory database (`--dry-run` writes nothing).
+    pub async fn in_memory() -> anyhow::Result<SeenKeys> {
+        let conn = SqliteConnectOptions::new()
+            .filename(":memory:")
+            .connect()
+            .await?;
+        Self::on(conn).await
+    }
+
+    async fn on(mut conn: SqliteConnection) -> anyhow::Result<SeenKeys> {
+        sqlx::query(
+            "CREATE TEMP TABLE IF NOT EXISTS seen_keys (row_key TEXT PRIMARY KEY, row_number INTEGER)",
+        )
+        .execute(&mut conn)
+        .await?;
+        sqlx::query("DELETE FROM seen_keys")
+            .execute(&mut conn)
+            .await?;
+        Ok(SeenKeys { conn })
+    }
+
+    /// Adds `(key, row number)` pairs, in source order; the first key seen
+    /// before (in this call or an earlier one) is the error.
+    pub async fn add(&mut self, keys: &[(&str, u64)]) -> anyhow::Result<Result<(), DuplicateKey>> {
+        let mut here = std::collections::HashMap::new();
+        for (k, n) in keys {
+            if let Some(first) = here.insert(*k, *n) {
+                return Ok(Err(DuplicateKey {
+                    row_key: (*k).to_owned(),
+                    row_number: *n,
+                    first_row_number: first,
+                }));
+            }
+        }
+        let json = serde_json::to_string(keys)?;
+        let earlier: Option<(String, i64)> = sqlx::query_as(
+            "SELECT row_key, row_number FROM seen_keys WHERE row_key IN (SELECT value ->> 0 FROM json_each(?1)) LIMIT 1",
+        )
+        .bind(&json)
+        .fetch_optional(&mut self.conn)
+        .await?;
+        if let Some((k, first)) = earlier {
+            let at = here.get(k.as_str()).copied().unwrap_or(0);
+            return Ok(Err(DuplicateKey {
+                row_key: k,
+                row_number: at,
+                first_row_number: first as u64,
+            }));
+        }
+        sqlx::query("INSERT INTO seen_keys SELECT value ->> 0, value ->> 1 FROM json_each(?1)")
+            .bind(&json)
+            .execute(&mut self.conn)
+            .await?;
+        Ok(Ok(()))
+    }
+}
+
+/// The recorded status and content hash of each of `keys` in a batch.
+pub async fn recorded_states(
     db: &Db,
     batch_id: &str,
-    rows: &[PlannedRow],
-) -> anyhow::Result<Result<(), DuplicateKey>> {
-    match write_planned(db, batch_id, 1, rows, false).await {
-        Err(e)
-            if e.as_database_error()
-                .is_some_and(|d| d.kind() == sqlx::error::ErrorKind::UniqueViolation) =>
-        {
-            Ok(Err(find_duplicate(db, batch_id, rows).await?))
-        }
-        other => Ok(other.map(Ok)?),
-    }
+    keys: &[String],
+) -> anyhow::Result<std::collections::HashMap<String, (String, String)>> {
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT row_key, status, row_hash FROM audit WHERE batch_id = ?1 AND row_key IN (SELECT value FROM json_each(?2))",
+    )
+    .bind(batch_id)
+    .bind(serde_json::to_string(keys)?)
+    .fetch_all(&db.pool)
+    .await?;
+    Ok(rows.into_iter().map(|(k, s, h)| (k, (s, h))).collect())
+}
+
+/// Unfinished rows of earlier passes that this pass did not find in the source.
+pub async fn left_behind(db: &Db, batch_id: &str, pass: i64) -> anyhow::Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT row_key FROM audit WHERE batch_id = ?1 AND pass < ?2 AND status != 'succeeded' ORDER BY row_number",
+    )
+    .bind(batch_id)
+    .bind(pass)
+    .fetch_all(&db.pool)
+    .await?)
+}
+
+/// Moves every unfinished row into pass `pass` as recorded (a source that
+/// cannot be read again); held rows are judged again. Returns the rows per
+/// API and status.
+pub async fn carry_over(
+    db: &Db,
+    batch_id: &str,
+    pass: i64,
+) -> anyhow::Result<Vec<(Option<String>, String, i64)>> {
+    sqlx::query(
+        "UPDATE audit SET pass = ?2, status = CASE status WHEN 'held' THEN 'pending' ELSE status END \
+         WHERE batch_id = ?1 AND status IN ('pending', 'in_flight', 'failed', 'held')",
+    )
+    .bind(batch_id)
+    .bind(pass)
+    .execute(&db.pool)
+    .await?;
+    Ok(sqlx::query_as(
+        "SELECT api, status, count(*) FROM audit WHERE batch_id = ?1 GROUP BY api, status",
+    )
+    .bind(batch_id)
+    .fetch_all(&db.pool)
+    .await?)
 }
 
 /// Writes planned rows for a resume's `pass`, re-planning those already recorded.
@@ -400,34 +650,6 @@ async fn write_planned(
         q.execute(&mut *tx).await?;
     }
     tx.commit().await
-}
-
-async fn find_duplicate(
-    db: &Db,
-    batch_id: &str,
-    chunk: &[PlannedRow],
-) -> anyhow::Result<DuplicateKey> {
-    let mut seen = std::collections::HashMap::new();
-    for r in chunk {
-        let earlier: Option<i64> =
-            sqlx::query_scalar("SELECT row_number FROM audit WHERE batch_id = ?1 AND row_key = ?2")
-                .bind(batch_id)
-                .bind(&r.row_key)
-                .fetch_optional(&db.pool)
-                .await?;
-        let first = earlier
-            .map(|n| n as u64)
-            .or_else(|| seen.get(&r.row_key).copied());
-        if let Some(first_row_number) = first {
-            return Ok(DuplicateKey {
-                row_key: r.row_key.clone(),
-                row_number: r.row_number,
-                first_row_number,
-            });
-        }
-        seen.insert(r.row_key.clone(), r.row_number);
-    }
-    anyhow::bail!("a row_id is repeated in the source, but it could not be pinned down")
 }
 
 /// Holds back (`held`) every sendable row of this pass that is older than an
@@ -522,6 +744,89 @@ pub async fn unsent_for_api(db: &Db, batch_id: &str, api: Api) -> anyhow::Result
     .fetch_one(&db.pool)
     .await?;
     Ok(n as u64)
+}
+
+/// One row to send, as recorded (any column may be damaged: the sender checks).
+#[derive(Debug, sqlx::FromRow)]
+pub struct Sendable {
+    #[sqlx(rename = "rowid")]
+    pub id: i64,
+    pub row_key: String,
+    pub row_number: i64,
+    pub api: Option<String>,
+    pub method: Option<String>,
+    pub url: Option<String>,
+    pub request_body: Option<String>,
+    pub conversation_id: Option<String>,
+    pub attempts: i64,
+}
+
+/// The next page of one API's rows to send in this pass, in source order,
+/// after `(row_number, rowid)` (short reads, so the writer's checkpoints are
+/// never held back).
+pub async fn sendable_page(
+    db: &Db,
+    batch_id: &str,
+    pass: i64,
+    api: Api,
+    after: (i64, i64),
+    limit: usize,
+) -> anyhow::Result<Vec<Sendable>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT rowid, row_key, row_number, api, method, url, request_body, conversation_id, attempts \
+         FROM audit WHERE batch_id = ?1 AND pass = ?2 AND status IN {SENDABLE} AND api = ?6 \
+         AND (row_number, rowid) > (?3, ?4) ORDER BY row_number, rowid LIMIT ?5"
+    )))
+    .bind(batch_id)
+    .bind(pass)
+    .bind(after.0)
+    .bind(after.1)
+    .bind(limit as i64)
+    .bind(api.name())
+    .fetch_all(&db.pool)
+    .await?)
+}
+
+/// The rate `auto` learned for an API at a base URL, as stored.
+pub async fn learned_rate(db: &Db, api: Api, base: &str) -> anyhow::Result<Option<f64>> {
+    Ok(sqlx::query_scalar(
+        "SELECT rate_per_sec FROM learned_rates WHERE api = ?1 AND base_url = ?2",
+    )
+    .bind(api.name())
+    .bind(base)
+    .fetch_optional(&db.pool)
+    .await?)
+}
+
+/// Remembers the rate `auto` learned, for the next run.
+pub async fn remember_rate(db: &Db, api: Api, base: &str, rate: f64) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO learned_rates (api, base_url, rate_per_sec, updated_at) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (api, base_url) DO UPDATE SET rate_per_sec = excluded.rate_per_sec, updated_at = excluded.updated_at",
+    )
+    .bind(api.name())
+    .bind(base)
+    .bind(rate)
+    .bind(now())
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
+/// Gives the write-ahead log's disk space back once a batch's writing is done.
+pub async fn truncate_wal(db: &Db) {
+    let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&db.pool)
+        .await;
+}
+
+/// Whether a batch of this name is recorded.
+pub async fn batch_exists(db: &Db, id: &str) -> anyhow::Result<bool> {
+    let n: Option<i64> = sqlx::query_scalar("SELECT 1 FROM batches WHERE id = ?1")
+        .bind(id)
+        .fetch_optional(&db.pool)
+        .await?;
+    Ok(n.is_some())
 }
 
 /// One HTTP attempt, for the `attempts` table.

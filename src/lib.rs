@@ -19,16 +19,17 @@
 //! | [`sandbox`] | the local simulator of both APIs |
 
 pub mod audit;
-pub mod batch;
 pub mod call;
 pub mod cli;
 pub mod cmd;
 pub mod edit;
-pub mod exec;
+pub mod options;
 pub mod output;
 pub mod pacer;
+pub mod plan;
 pub mod progress;
 pub mod report;
 pub mod sandbox;
+pub mod send;
 pub mod source;
 pub mod text;

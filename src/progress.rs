@@ -3,7 +3,7 @@
 //! the current pace per API). When stderr is not a terminal, a plain
 //! progress line every few seconds instead; `--quiet` silences both.
 
-use crate::exec::Counters;
+use crate::send::Counters;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::sync::Arc;

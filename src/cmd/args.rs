@@ -3,9 +3,9 @@
 //! resumed batch's recorded options over defaults. Nothing below the
 //! commands sees a clap type.
 
-use crate::batch::Options;
 use crate::call::{AuthScheme, ConfigError, DEFAULT_ATTENTION_URL, DEFAULT_VG_URL};
 use crate::edit::Op;
+use crate::options::Options;
 use crate::pacer::RateSpec;
 use crate::text::{parse_duration, parse_size};
 use clap::Args;

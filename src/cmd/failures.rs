@@ -34,7 +34,7 @@ pub async fn run(g: &Global, a: FailuresArgs) -> Result<ExitCode, super::Error> 
         )));
     }
     let db = Db::open(&g.db).await?;
-    if crate::batch::load(&db, &a.batch).await?.is_none() {
+    if !crate::audit::batch_exists(&db, &a.batch).await? {
         return Err(usage(format_args!(
             "no batch {:?} in {}; `convoy status` lists them",
             a.batch,

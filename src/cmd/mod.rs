@@ -8,10 +8,12 @@ pub mod run;
 pub mod sandbox;
 pub mod status;
 
-use crate::batch::{self, Batch, PlanSummary};
 use crate::call::{ConfigError, Endpoints};
+use crate::plan::PlanSummary;
 use crate::sandbox::Sandbox;
+use crate::send::Batch;
 use crate::text::shell_quote;
+use crate::{audit, send};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -62,7 +64,7 @@ pub enum Error {
     Usage(String),
     /// The audit database failed after sending began.
     #[error(transparent)]
-    StoppedEarly(#[from] batch::StoppedEarly),
+    StoppedEarly(#[from] send::StoppedEarly),
     /// Anything else (the audit database could not be opened, say); nothing was sent.
     #[error(transparent)]
     Other(#[from] anyhow::Error),
@@ -85,7 +87,7 @@ pub fn usage(msg: impl std::fmt::Display) -> Error {
 /// The endpoints to use: an in-process sandbox's with `--sandbox` (kept
 /// alive by the returned handle), else the options' and the environment's.
 pub async fn endpoints(
-    options: &batch::Options,
+    options: &crate::options::Options,
 ) -> anyhow::Result<Result<(Option<Sandbox>, Endpoints), ConfigError>> {
     if options.sandbox {
         let sb = Sandbox::start_in_process().await?;
@@ -139,7 +141,7 @@ pub async fn interrupted_while_planning(
     from_stdin: bool,
 ) -> Result<ExitCode, Error> {
     let q = shell_quote(batch_id);
-    batch::set_status(db, batch_id, "interrupted").await?;
+    audit::set_status(db, batch_id, "interrupted").await?;
     crate::outln!(
         "batch {batch_id} interrupted while reading the source: {} row(s) planned, nothing sent",
         plan.rows
@@ -179,13 +181,13 @@ pub async fn send_phase(
     };
     let to_send = crate::audit::count_sendable(db, batch_id, pass).await?;
     if let Err(ConfigError(e)) = endpoints.require(plan.per_api) {
-        batch::set_status(db, batch_id, "failed").await?;
+        audit::set_status(db, batch_id, "failed").await?;
         eprintln!("error: {e}");
         eprintln!("nothing was sent; once it is set, `convoy resume {q}` sends the batch");
         return Ok(ExitCode::from(exit::USAGE));
     }
     if options.strict && plan.invalid > 0 {
-        batch::set_status(db, batch_id, "failed").await?;
+        audit::set_status(db, batch_id, "failed").await?;
         eprintln!(
             "--strict: {} invalid row(s), so nothing was sent; fix them (`convoy failures {q}`) and `convoy resume {q}`",
             plan.invalid
@@ -193,10 +195,10 @@ pub async fn send_phase(
         return Ok(ExitCode::from(exit::STOPPED));
     }
     // From here on calls have gone out: a failure is "stopped early" (exit 3), never 2.
-    let report = match batch::execute(b, cancel, g.quiet, to_send).await {
+    let report = match send::execute(b, cancel, g.quiet, to_send).await {
         Ok(r) => r,
         Err(e) => {
-            let marked = batch::set_status(db, batch_id, "interrupted").await.is_ok();
+            let marked = audit::set_status(db, batch_id, "interrupted").await.is_ok();
             eprintln!("error: {e:#}");
             eprintln!(
                 "stopped sending; calls already answered may not be recorded.{} Once the cause is fixed, `convoy resume {q}` sends the rest",
@@ -211,13 +213,13 @@ pub async fn send_phase(
     };
     finish(b, &report, held, on_sandbox)
         .await
-        .map_err(|e| Error::StoppedEarly(batch::StoppedEarly(e)))
+        .map_err(|e| Error::StoppedEarly(send::StoppedEarly(e)))
 }
 
 /// After the send phase: record the batch's end, print the summary, choose the exit code.
 async fn finish(
     b: &Batch<'_>,
-    report: &batch::ExecReport,
+    report: &send::ExecReport,
     held: u64,
     on_sandbox: bool,
 ) -> anyhow::Result<ExitCode> {
@@ -225,7 +227,7 @@ async fn finish(
         db, id: batch_id, ..
     } = *b;
     let q = shell_quote(batch_id);
-    let tally = batch::tally(db, batch_id).await?;
+    let tally = audit::tally(db, batch_id).await?;
     let status = if report.interrupted {
         "interrupted"
     } else if tally.succeeded == tally.rows {
@@ -233,8 +235,8 @@ async fn finish(
     } else {
         "failed"
     };
-    batch::set_status(db, batch_id, status).await?;
-    batch::add_send_time(db, batch_id, report.elapsed).await?;
+    audit::set_status(db, batch_id, status).await?;
+    audit::add_send_time(db, batch_id, report.elapsed).await?;
 
     let secs = report.elapsed.as_secs_f64();
     let sent = report

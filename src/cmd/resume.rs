@@ -3,9 +3,10 @@
 
 use super::args::{ExecArgs, InputArgs};
 use super::{Global, send_phase, usage};
-use crate::audit::Db;
-use crate::batch::{self, PlanError};
+use crate::audit::{self, Db};
+use crate::plan::{self, PlanError};
 use crate::progress::Progress;
+use crate::send;
 use crate::source::{self, Source};
 use clap::Args;
 use std::path::PathBuf;
@@ -41,7 +42,7 @@ pub async fn run(g: &Global, a: ResumeArgs) -> Result<ExitCode, super::Error> {
         return Err(usage(e));
     }
     let db = Db::open(&g.db).await?;
-    let Some(rec) = batch::load(&db, &a.batch).await? else {
+    let Some(rec) = audit::load::<crate::options::Options>(&db, &a.batch).await? else {
         return Err(usage(format_args!(
             "no batch {:?} in {}; `convoy status` lists them",
             a.batch,
@@ -54,7 +55,7 @@ pub async fn run(g: &Global, a: ResumeArgs) -> Result<ExitCode, super::Error> {
         Err(busy) => return Err(usage(busy)),
     };
     // Read again under the claim: another process may have just finished a pass.
-    let Some(rec) = batch::load(&db, &a.batch).await? else {
+    let Some(rec) = audit::load::<crate::options::Options>(&db, &a.batch).await? else {
         return Err(usage(format_args!("batch {:?} is gone", a.batch)));
     };
     let options = match super::args::resolve(&a.exec, &a.input, Some(&rec.options)) {
@@ -85,7 +86,7 @@ pub async fn run(g: &Global, a: ResumeArgs) -> Result<ExitCode, super::Error> {
         None => None,
     };
 
-    let pass = batch::begin_pass(&db, &rec.id, &options).await?;
+    let pass = audit::begin_pass(&db, &rec.id, &options).await?;
     let cancel = CancellationToken::new();
     super::on_signals(cancel.clone(), rec.id.clone());
     let plan = match reader {
@@ -93,7 +94,7 @@ pub async fn run(g: &Global, a: ResumeArgs) -> Result<ExitCode, super::Error> {
             eprintln!(
                 "note: the batch was read from stdin, which cannot be read again; its unfinished rows are sent as recorded"
             );
-            batch::carry_over(&db, &rec.id, pass).await?
+            plan::carry_over(&db, &rec.id, pass).await?
         }
         Some(reader) => {
             for w in &reader.columns.warnings {
@@ -101,7 +102,7 @@ pub async fn run(g: &Global, a: ResumeArgs) -> Result<ExitCode, super::Error> {
             }
             let progress = Progress::planning(g.quiet, &format!("batch {}", rec.id));
             let found =
-                batch::reconcile(&db, &rec.id, pass, reader, &endpoints, &progress, &cancel).await;
+                plan::reconcile(&db, &rec.id, pass, reader, &endpoints, &progress, &cancel).await;
             progress.finish();
             match found {
                 Ok(r) if cancel.is_cancelled() => {
@@ -142,13 +143,13 @@ pub async fn run(g: &Global, a: ResumeArgs) -> Result<ExitCode, super::Error> {
                 }
                 Err(PlanError::Db(e)) => return Err(e.into()),
                 Err(e) => {
-                    batch::set_status(&db, &rec.id, "failed").await?;
+                    audit::set_status(&db, &rec.id, "failed").await?;
                     return Err(usage(format_args!("{e}; nothing was sent")));
                 }
             }
         }
     };
-    let b = batch::Batch {
+    let b = send::Batch {
         db: &db,
         id: &rec.id,
         pass,

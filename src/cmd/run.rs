@@ -2,13 +2,13 @@
 
 use super::args::{ExecArgs, InputArgs};
 use super::{Global, send_phase, usage};
-use crate::audit::Db;
-use crate::batch::{self, PlanError};
+use crate::audit::{self, Db};
 use crate::call::Endpoints;
+use crate::plan::{self, PlanError};
 use crate::progress::Progress;
+use crate::send;
 use crate::source::{self, Source};
 use clap::Args;
-use std::collections::HashSet;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
@@ -95,7 +95,7 @@ pub async fn run(g: &Global, a: RunArgs) -> Result<ExitCode, super::Error> {
         Ok(lock) => lock,
         Err(busy) => return Err(usage(busy)),
     };
-    if !batch::create(&db, &name, &source, &reader.columns.names, &options).await? {
+    if !audit::create(&db, &name, &source, &reader.columns.names, &options).await? {
         return Err(usage(format_args!(
             "batch {name:?} already exists in {}; to continue it: convoy resume {}",
             g.db.display(),
@@ -106,13 +106,13 @@ pub async fn run(g: &Global, a: RunArgs) -> Result<ExitCode, super::Error> {
     let cancel = CancellationToken::new();
     super::on_signals(cancel.clone(), name.clone());
     let progress = Progress::planning(g.quiet, &format!("batch {name}"));
-    let planned = batch::plan(&db, &name, reader, &endpoints, &progress, &cancel).await;
+    let planned = plan::plan(&db, &name, reader, &endpoints, &progress, &cancel).await;
     progress.finish();
     let plan = match planned {
         Ok(p) => p,
         Err(PlanError::Db(e)) => return Err(e.into()),
         Err(e) => {
-            batch::discard(&db, &name).await?;
+            audit::discard(&db, &name).await?;
             return Err(usage(format_args!("{e}; nothing was sent")));
         }
     };
@@ -122,7 +122,7 @@ pub async fn run(g: &Global, a: RunArgs) -> Result<ExitCode, super::Error> {
     if plan.rows == 0 {
         eprintln!("note: the source has a header but no rows");
     }
-    let b = batch::Batch {
+    let b = send::Batch {
         db: &db,
         id: &name,
         pass: 1,
@@ -139,7 +139,7 @@ async fn dry_run(
     mut reader: source::Reader,
     endpoints: &Endpoints,
 ) -> Result<ExitCode, super::Error> {
-    let mut keys = HashSet::new();
+    let mut seen = crate::audit::SeenKeys::in_memory().await?;
     let (mut calls, mut invalid) = (0u64, 0u64);
     let progress = Progress::none();
     let mut out = std::io::BufWriter::new(crate::output::Stdout);
@@ -148,12 +148,9 @@ async fn dry_run(
             Ok(r) => r,
             Err(e) => return Err(usage(e)),
         };
-        let (planned, warnings) = batch::plan_row(&reader.columns, &row, endpoints);
-        if let Some(first) = keys.replace(planned.row_key.clone()) {
-            return Err(usage(format_args!(
-                "row {}: row_id {first:?} is used by an earlier row too; row_id must be unique",
-                row.number
-            )));
+        let (planned, warnings) = plan::plan_row(&reader.columns, &row, endpoints);
+        if let Err(dup) = seen.add(&[(planned.row_key.as_str(), row.number)]).await? {
+            return Err(usage(dup));
         }
         for w in warnings {
             progress.println(&format!("warning: {w}"));

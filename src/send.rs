@@ -6,10 +6,13 @@
 //! API. Every attempt and outcome goes to the [`Recorder`]; workers hold no
 //! timing logic of their own beyond the backoff delay.
 
-use crate::audit::{AttemptRecord, Outcome, Recorder, RowStatus, Snapshot};
-use crate::call::Endpoint;
+use crate::audit::{self, AttemptRecord, Db, Outcome, Recorder, RowStatus, Snapshot, tally};
+use crate::call::{Endpoint, Endpoints};
 use crate::edit::Api;
+use crate::options::Options;
 use crate::pacer::Pacer;
+use crate::pacer::RateSpec;
+use crate::progress::Progress;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RETRY_AFTER};
@@ -63,6 +66,18 @@ pub struct Settings {
     pub max_backoff: Duration,
     /// The longest `Retry-After` obeyed as given.
     pub max_retry_after: Duration,
+}
+
+impl Settings {
+    /// The settings of a batch's options.
+    pub fn of(o: &Options) -> Settings {
+        Settings {
+            concurrency: o.concurrency.map(|n| n as usize),
+            max_attempts: o.max_attempts,
+            timeout: Duration::from_millis(o.timeout_ms),
+            ..Settings::default()
+        }
+    }
 }
 
 impl Default for Settings {
@@ -800,6 +815,202 @@ pub fn quota_spent(headers: &HeaderMap) -> Option<Duration> {
         reset
     };
     Some(Duration::from_secs_f64(secs.max(0.0)))
+}
+
+// ---- The send phase: a batch's rows streamed from the audit table into one lane per API.
+
+/// The send phase stopped because the audit database failed after sending
+/// began: exit 3, never 2 ("nothing sent").
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct StoppedEarly(pub anyhow::Error);
+
+/// What the send phase did.
+#[derive(Debug)]
+pub struct ExecReport {
+    pub counters: Arc<Counters>,
+    pub stops: Vec<Stop>,
+    pub elapsed: Duration,
+    pub interrupted: bool,
+}
+
+/// A batch being worked on: what the send phase needs to know.
+pub struct Batch<'a> {
+    pub db: &'a Db,
+    pub id: &'a str,
+    /// 1 for the run, +1 for each resume.
+    pub pass: i64,
+    pub options: &'a Options,
+    pub endpoints: &'a Endpoints,
+}
+
+/// Sends every `pending`, `in_flight` or `failed` row of this pass, in source order.
+pub async fn execute(
+    b: &Batch<'_>,
+    cancel: CancellationToken,
+    quiet: bool,
+    to_send: u64,
+) -> anyhow::Result<ExecReport> {
+    let Batch {
+        db,
+        id: batch_id,
+        pass,
+        options,
+        endpoints,
+    } = *b;
+    let damaged = audit::fail_damaged(db, batch_id, pass).await?;
+    let counters = Arc::new(Counters::default());
+    counters
+        .total
+        .store(to_send.saturating_sub(damaged), Relaxed);
+    counters
+        .invalid
+        .store(tally(db, batch_id).await?.invalid, Relaxed);
+    let (recorder, writer) = Recorder::start(db, batch_id).await?;
+    let client = http_client(options)?;
+    let mut lanes = Vec::with_capacity(2);
+    for api in Api::ALL {
+        let spec = options.rate(api)?;
+        let remembered = match spec {
+            RateSpec::Auto { .. } => audit::learned_rate(db, api, &endpoints.get(api).base)
+                .await?
+                .filter(|r| crate::pacer::sane_rate(*r)),
+            _ => None,
+        };
+        lanes.push(ApiLane::new(
+            endpoints.get(api),
+            Arc::new(Pacer::new(spec, remembered)),
+        ));
+    }
+    let [attention, vg]: [ApiLane; 2] =
+        lanes.try_into().map_err(|_| anyhow::anyhow!("two APIs"))?;
+    let pacers = [attention.pacer.clone(), vg.pacer.clone()];
+    let executor = Arc::new(Executor::new(
+        client,
+        Settings::of(options),
+        recorder.clone(),
+        counters.clone(),
+        cancel.clone(),
+        attention,
+        vg,
+    ));
+    let described = executor.clone();
+    let progress = Progress::sending(counters.clone(), move || described.bounds(), quiet);
+    let started = std::time::Instant::now();
+    // One lane per API: its own reader (its rows in source order) and its
+    // own loop, so neither API ever waits for the other.
+    let lanes = Api::ALL.map(|api| {
+        let (tx, rx) = mpsc::channel(1024);
+        let feeder = tokio::spawn(feed(db.clone(), batch_id.to_owned(), pass, api, tx));
+        let executor = executor.clone();
+        async move {
+            executor.run(api, rx).await;
+            // Ended early (cancelled), the feeder may wait on a full
+            // channel; a feeder that already failed keeps its error.
+            feeder.abort();
+            match feeder.await {
+                Ok(result) => result,
+                Err(e) if e.is_cancelled() => Ok(()),
+                Err(e) => Err(anyhow::anyhow!("the row reader stopped: {e}")),
+            }
+        }
+    });
+    let [a, v] = lanes;
+    let (fed_a, fed_v) = tokio::join!(a, v);
+    let fed = fed_a.and(fed_v);
+    let elapsed = started.elapsed();
+    let _ = recorder.flush().await;
+    let stops = executor.stops();
+    // The progress ticker holds the executor (and so the recorder): stop it first.
+    progress.finish();
+    drop(executor);
+    drop(recorder);
+    let written = writer
+        .await
+        .map_err(|e| anyhow::anyhow!("the audit writer stopped: {e}"))
+        .and_then(|r| r);
+    if let Err(e) = written.and(fed) {
+        return Err(StoppedEarly(e.context(format!(
+            "the audit database {} failed while sending",
+            db.path().display()
+        )))
+        .into());
+    }
+    audit::truncate_wal(db).await;
+    for (api, pacer) in Api::ALL.into_iter().zip(pacers) {
+        if let Some(rate) = pacer.learned().filter(|r| crate::pacer::sane_rate(*r)) {
+            audit::remember_rate(db, api, &endpoints.get(api).base, rate).await?;
+        }
+    }
+    Ok(ExecReport {
+        stops,
+        counters,
+        elapsed,
+        interrupted: cancel.is_cancelled(),
+    })
+}
+
+fn http_client(o: &Options) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .user_agent(concat!("convoy/", env!("CARGO_PKG_VERSION")))
+        // A write API must never follow a redirect: reqwest would re-send a
+        // POST/PUT as a body-less GET (301-303), or the body to another origin.
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_millis(o.timeout_ms.min(10_000)))
+        .timeout(Duration::from_millis(o.timeout_ms))
+        .pool_max_idle_per_host(
+            o.concurrency
+                .map_or(crate::send::AUTO_MAX_IN_FLIGHT, |n| n as usize),
+        )
+        .build()?)
+}
+
+/// Streams the rows to send from the audit table, a page at a time (short
+/// read transactions, so the writer's checkpoints are never held back).
+async fn feed(
+    db: Db,
+    batch_id: String,
+    pass: i64,
+    lane: Api,
+    tx: mpsc::Sender<Job>,
+) -> anyhow::Result<()> {
+    const PAGE: usize = 1000;
+    let mut after = (i64::MIN, i64::MIN);
+    loop {
+        let rows = audit::sendable_page(&db, &batch_id, pass, lane, after, PAGE).await?;
+        let last_page = rows.len() < PAGE;
+        for r in rows {
+            after = (r.row_number, r.id);
+            let parts = (
+                r.api.as_deref().and_then(Api::parse),
+                r.method
+                    .and_then(|m| reqwest::Method::from_bytes(m.as_bytes()).ok()),
+                r.url,
+                r.conversation_id,
+            );
+            let (Some(api), Some(method), Some(url), Some(conversation_id)) = parts else {
+                // One damaged row must not stop the rest: it fails, saying why.
+                audit::mark_unreadable(&db, r.id).await?;
+                continue;
+            };
+            let job = Job {
+                id: r.id,
+                row_key: Arc::from(r.row_key),
+                api,
+                method,
+                url,
+                body: r.request_body,
+                conversation_id: Arc::from(conversation_id),
+                prior_attempts: r.attempts as u32,
+            };
+            if tx.send(job).await.is_err() {
+                return Ok(());
+            }
+        }
+        if last_page {
+            return Ok(());
+        }
+    }
 }
 
 #[cfg(test)]

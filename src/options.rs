@@ -1,0 +1,73 @@
+//! A batch's effective options: resolved from the flags by the commands,
+//! recorded in `batches.options` (never a secret), read back by `resume`.
+
+use crate::call::{AuthScheme, ConfigError, Endpoint};
+use crate::edit::{Api, Op};
+use crate::pacer::RateSpec;
+use serde::{Deserialize, Serialize};
+
+/// The effective options of a batch, as stored in `batches.options`. Never a secret.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Options {
+    /// Calls in flight per API: a hard cap, or `None` for auto.
+    #[serde(default)]
+    pub concurrency: Option<u32>,
+    pub attention_rate: String,
+    pub vg_rate: String,
+    pub max_attempts: u32,
+    pub timeout_ms: u64,
+    pub attention_url: String,
+    pub vg_url: String,
+    pub attention_auth_scheme: AuthScheme,
+    pub op: Option<String>,
+    pub strict: bool,
+    pub sandbox: bool,
+    /// This pass sends rows older than a succeeded edit of their conversation.
+    #[serde(default)]
+    pub send_older_edits: bool,
+    /// `--delimiter`, as given (found from the header when absent).
+    #[serde(default)]
+    pub delimiter: Option<char>,
+    /// `--encoding`, by its canonical name.
+    #[serde(default)]
+    pub encoding: Option<String>,
+}
+
+impl Options {
+    /// Whether the options make sense together (a usage error if not).
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.timeout_ms == 0 {
+            return Err(ConfigError("--timeout must be more than 0".into()));
+        }
+        self.rate(Api::Attention)?;
+        self.rate(Api::Vg)?;
+        if !self.sandbox {
+            Endpoint::check_base(Api::Attention, &self.attention_url).map_err(ConfigError)?;
+            Endpoint::check_base(Api::Vg, &self.vg_url).map_err(ConfigError)?;
+        }
+        Ok(())
+    }
+
+    pub fn rate(&self, api: Api) -> Result<RateSpec, ConfigError> {
+        let (flag, s) = match api {
+            Api::Attention => ("--attention-rate", &self.attention_rate),
+            Api::Vg => ("--vg-rate", &self.vg_rate),
+        };
+        s.parse().map_err(|e| ConfigError(format!("{flag}: {e}")))
+    }
+
+    /// How a CSV source is read.
+    pub fn csv_format(&self) -> crate::source::CsvFormat {
+        crate::source::CsvFormat {
+            delimiter: self.delimiter.and_then(|c| u8::try_from(c).ok()),
+            encoding: self
+                .encoding
+                .as_deref()
+                .and_then(|e| crate::source::parse_encoding(e).ok()),
+        }
+    }
+
+    pub fn default_op(&self) -> Option<Op> {
+        self.op.as_deref().and_then(Op::parse)
+    }
+}
