@@ -1,7 +1,7 @@
 //! The audit database: one struct, [`Db`], owns it. It creates the file
 //! (owner-only, 0600), sets WAL and `synchronous=NORMAL`, and runs the
 //! migrations in `migrations/`. Every write during a batch goes through one
-//! [`Recorder`] task that groups whatever has queued into one transaction, so
+//! [`Writer`] task that groups whatever has queued into one transaction, so
 //! there is never one fsync per row, and a row is marked `in_flight` (and that
 //! committed) before its call goes on the wire.
 
@@ -298,12 +298,12 @@ pub async fn discard(db: &Db, id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn set_status(db: &Db, id: &str, status: &str) -> anyhow::Result<()> {
+pub async fn set_status(db: &Db, id: &str, status: BatchStatus) -> anyhow::Result<()> {
     sqlx::query(
         "UPDATE batches SET status = ?2, finished_at = CASE WHEN ?2 = 'running' THEN NULL ELSE ?3 END WHERE id = ?1",
     )
     .bind(id)
-    .bind(status)
+    .bind(status.as_str())
     .bind(now())
     .execute(&db.pool)
     .await?;
@@ -396,6 +396,33 @@ pub async fn begin_pass(db: &Db, id: &str, options: &impl Serialize) -> anyhow::
     .fetch_one(&db.pool)
     .await?;
     Ok(pass)
+}
+
+/// Status of a batch (`batches.status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchStatus {
+    Running,
+    Completed,
+    Failed,
+    Interrupted,
+}
+
+impl std::fmt::Display for BatchStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl BatchStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchStatus::Running => "running",
+            BatchStatus::Completed => "completed",
+            BatchStatus::Failed => "failed",
+            BatchStatus::Interrupted => "interrupted",
+        }
+    }
 }
 
 /// The rows a pass still sends: `audit.status IN SENDABLE`.
@@ -872,18 +899,18 @@ enum Event {
 /// The one writer of a running batch. Cloneable handle; the task ends when
 /// every handle is dropped.
 #[derive(Clone)]
-pub struct Recorder {
+pub struct Writer {
     tx: mpsc::Sender<Event>,
 }
 
 /// The most events one transaction takes.
 const GROUP: usize = 4096;
 
-impl Recorder {
+impl Writer {
     pub async fn start(
         db: &Db,
         batch_id: &str,
-    ) -> anyhow::Result<(Recorder, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+    ) -> anyhow::Result<(Writer, tokio::task::JoinHandle<anyhow::Result<()>>)> {
         let mut conn = db.pool.acquire().await?.detach();
         // Checkpoints run beside the writer (below), never inside its commits,
         // so marking a row in_flight never waits for a WAL copy and fsync.
@@ -898,49 +925,49 @@ impl Recorder {
             checkpointer.abort();
             result
         });
-        Ok((Recorder { tx }, task))
+        Ok((Writer { tx }, task))
     }
 
     /// Marks the row `in_flight` and returns once that is committed. An
     /// error means the mark could not be recorded: the call must not be sent.
-    pub async fn in_flight(&self, id: i64) -> Result<(), RecorderGone> {
+    pub async fn in_flight(&self, id: i64) -> Result<(), WriterGone> {
         let (ack, done) = oneshot::channel();
         self.tx
             .send(Event::InFlight { id, ack })
             .await
-            .map_err(|_| RecorderGone)?;
-        done.await.map_err(|_| RecorderGone)
+            .map_err(|_| WriterGone)?;
+        done.await.map_err(|_| WriterGone)
     }
 
-    pub async fn attempt(&self, a: AttemptRecord) -> Result<(), RecorderGone> {
+    pub async fn attempt(&self, a: AttemptRecord) -> Result<(), WriterGone> {
         self.tx
             .send(Event::Attempt(a))
             .await
-            .map_err(|_| RecorderGone)
+            .map_err(|_| WriterGone)
     }
 
-    pub async fn finished(&self, o: Outcome) -> Result<(), RecorderGone> {
+    pub async fn finished(&self, o: Outcome) -> Result<(), WriterGone> {
         self.tx
             .send(Event::Finished(o))
             .await
-            .map_err(|_| RecorderGone)
+            .map_err(|_| WriterGone)
     }
 
     /// Returns once everything sent before it is committed.
-    pub async fn flush(&self) -> Result<(), RecorderGone> {
+    pub async fn flush(&self) -> Result<(), WriterGone> {
         let (ack, done) = oneshot::channel();
         self.tx
             .send(Event::Flush(ack))
             .await
-            .map_err(|_| RecorderGone)?;
-        done.await.map_err(|_| RecorderGone)
+            .map_err(|_| WriterGone)?;
+        done.await.map_err(|_| WriterGone)
     }
 }
 
 /// The audit writer has stopped (its database failed); nothing more can be recorded.
 #[derive(Debug, thiserror::Error)]
 #[error("the audit database writer has stopped")]
-pub struct RecorderGone;
+pub struct WriterGone;
 
 async fn write_loop(
     mut conn: SqliteConnection,

@@ -124,7 +124,7 @@ pub struct Call {
 }
 
 /// The call for an edit, against `base` (the base URL of the edit's API).
-pub fn plan(edit: &Edit, base: &str) -> Call {
+pub fn build(edit: &Edit, base: &str) -> Call {
     let id = encode_segment(edit.conversation_id());
     let conv = format!("{base}/conversations/{id}");
     let body = |v: Value| Some(v.to_string());

@@ -12,8 +12,8 @@ pub struct Options {
     /// Calls in flight per API: a hard cap, or `None` for auto.
     #[serde(default)]
     pub concurrency: Option<u32>,
-    pub attention_rate: String,
-    pub vg_rate: String,
+    pub attention_rate: RateSpec,
+    pub vg_rate: RateSpec,
     pub max_attempts: u32,
     pub timeout_ms: u64,
     pub attention_url: String,
@@ -39,8 +39,6 @@ impl Options {
         if self.timeout_ms == 0 {
             return Err(ConfigError("--timeout must be more than 0".into()));
         }
-        self.rate(Api::Attention)?;
-        self.rate(Api::Vg)?;
         if !self.sandbox {
             Endpoint::check_base(Api::Attention, &self.attention_url).map_err(ConfigError)?;
             Endpoint::check_base(Api::Vg, &self.vg_url).map_err(ConfigError)?;
@@ -48,12 +46,12 @@ impl Options {
         Ok(())
     }
 
-    pub fn rate(&self, api: Api) -> Result<RateSpec, ConfigError> {
-        let (flag, s) = match api {
-            Api::Attention => ("--attention-rate", &self.attention_rate),
-            Api::Vg => ("--vg-rate", &self.vg_rate),
-        };
-        s.parse().map_err(|e| ConfigError(format!("{flag}: {e}")))
+    /// The pace of one API.
+    pub fn rate(&self, api: Api) -> RateSpec {
+        match api {
+            Api::Attention => self.attention_rate,
+            Api::Vg => self.vg_rate,
+        }
     }
 
     /// How a CSV source is read.

@@ -24,7 +24,8 @@ use tokio::time::Instant;
 
 /// `--attention-rate` / `--vg-rate`: `N/s`, `N/min`, `N/h`, `0` (unlimited),
 /// `auto`, or `auto:N/s` (auto with a ceiling).
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+/// Stored (in `batches.options`) as the text a user types: `auto`, `50/s`.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum RateSpec {
     Unlimited,
     Fixed(f64),
@@ -65,6 +66,19 @@ fn per_second(s: &str) -> Result<f64, String> {
         return Err(bad());
     }
     Ok(n / secs)
+}
+
+impl serde::Serialize for RateSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RateSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl fmt::Display for RateSpec {

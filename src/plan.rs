@@ -78,7 +78,7 @@ pub fn plan_row(
     match reader_cols.validate(row) {
         Ok((edit, warnings)) => {
             let api = edit.op().api();
-            let c = call::plan(&edit, &endpoints.get(api).base);
+            let c = call::build(&edit, &endpoints.get(api).base);
             (
                 PlannedRow {
                     row_key,

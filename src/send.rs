@@ -3,10 +3,10 @@
 //! one [`Pacer`] per API awaited before every attempt, edits to the same
 //! conversation one at a time in source order, retries with backoff and
 //! jitter, `Retry-After` pausing the whole API, and a 401/403 stopping that
-//! API. Every attempt and outcome goes to the [`Recorder`]; workers hold no
+//! API. Every attempt and outcome goes to the [`Writer`]; workers hold no
 //! timing logic of their own beyond the backoff delay.
 
-use crate::audit::{self, AttemptRecord, Db, Outcome, Recorder, RowStatus, Snapshot, tally};
+use crate::audit::{self, AttemptRecord, Db, Outcome, RowStatus, Snapshot, Writer, tally};
 use crate::call::{Endpoint, Endpoints};
 use crate::edit::Api;
 use crate::options::Options;
@@ -187,7 +187,7 @@ impl ApiLane {
 pub struct Executor {
     pub client: reqwest::Client,
     pub settings: Settings,
-    pub recorder: Recorder,
+    pub recorder: Writer,
     pub counters: Arc<Counters>,
     pub cancel: CancellationToken,
     attention: ApiLane,
@@ -202,7 +202,7 @@ impl Executor {
     pub fn new(
         client: reqwest::Client,
         settings: Settings,
-        recorder: Recorder,
+        recorder: Writer,
         counters: Arc<Counters>,
         cancel: CancellationToken,
         attention: ApiLane,
@@ -845,7 +845,7 @@ pub struct Batch<'a> {
 }
 
 /// Sends every `pending`, `in_flight` or `failed` row of this pass, in source order.
-pub async fn execute(
+pub async fn phase(
     b: &Batch<'_>,
     cancel: CancellationToken,
     quiet: bool,
@@ -866,11 +866,11 @@ pub async fn execute(
     counters
         .invalid
         .store(tally(db, batch_id).await?.invalid, Relaxed);
-    let (recorder, writer) = Recorder::start(db, batch_id).await?;
+    let (recorder, writer) = Writer::start(db, batch_id).await?;
     let client = http_client(options)?;
     let mut lanes = Vec::with_capacity(2);
     for api in Api::ALL {
-        let spec = options.rate(api)?;
+        let spec = options.rate(api);
         let remembered = match spec {
             RateSpec::Auto { .. } => audit::learned_rate(db, api, &endpoints.get(api).base)
                 .await?

@@ -140,10 +140,9 @@ pub fn resolve(
     input: &InputArgs,
     recorded: Option<&Options>,
 ) -> Result<Options, ConfigError> {
-    let rate = |flag: &Option<RateSpec>, old: Option<&String>| -> String {
-        flag.map(|r| r.to_string())
-            .or_else(|| old.cloned())
-            .unwrap_or_else(|| "auto".into())
+    let rate = |flag: &Option<RateSpec>, old: Option<&RateSpec>| -> RateSpec {
+        flag.or(old.copied())
+            .unwrap_or(RateSpec::Auto { ceiling: None })
     };
     let o = Options {
         concurrency: match exec.concurrency {

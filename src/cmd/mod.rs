@@ -141,7 +141,7 @@ pub async fn interrupted_while_planning(
     from_stdin: bool,
 ) -> Result<ExitCode, Error> {
     let q = shell_quote(batch_id);
-    audit::set_status(db, batch_id, "interrupted").await?;
+    audit::set_status(db, batch_id, audit::BatchStatus::Interrupted).await?;
     crate::outln!(
         "batch {batch_id} interrupted while reading the source: {} row(s) planned, nothing sent",
         plan.rows
@@ -158,7 +158,7 @@ pub async fn interrupted_while_planning(
 
 /// After the plan phase: check credentials and `--strict`, send, record the
 /// batch's end, print the summary, and choose the exit code.
-pub async fn send_phase(
+pub async fn send_batch(
     g: &Global,
     b: &Batch<'_>,
     plan: &PlanSummary,
@@ -181,13 +181,13 @@ pub async fn send_phase(
     };
     let to_send = crate::audit::count_sendable(db, batch_id, pass).await?;
     if let Err(ConfigError(e)) = endpoints.require(plan.per_api) {
-        audit::set_status(db, batch_id, "failed").await?;
+        audit::set_status(db, batch_id, audit::BatchStatus::Failed).await?;
         eprintln!("error: {e}");
         eprintln!("nothing was sent; once it is set, `convoy resume {q}` sends the batch");
         return Ok(ExitCode::from(exit::USAGE));
     }
     if options.strict && plan.invalid > 0 {
-        audit::set_status(db, batch_id, "failed").await?;
+        audit::set_status(db, batch_id, audit::BatchStatus::Failed).await?;
         eprintln!(
             "--strict: {} invalid row(s), so nothing was sent; fix them (`convoy failures {q}`) and `convoy resume {q}`",
             plan.invalid
@@ -195,10 +195,12 @@ pub async fn send_phase(
         return Ok(ExitCode::from(exit::STOPPED));
     }
     // From here on calls have gone out: a failure is "stopped early" (exit 3), never 2.
-    let report = match send::execute(b, cancel, g.quiet, to_send).await {
+    let report = match send::phase(b, cancel, g.quiet, to_send).await {
         Ok(r) => r,
         Err(e) => {
-            let marked = audit::set_status(db, batch_id, "interrupted").await.is_ok();
+            let marked = audit::set_status(db, batch_id, audit::BatchStatus::Interrupted)
+                .await
+                .is_ok();
             eprintln!("error: {e:#}");
             eprintln!(
                 "stopped sending; calls already answered may not be recorded.{} Once the cause is fixed, `convoy resume {q}` sends the rest",
@@ -229,11 +231,11 @@ async fn finish(
     let q = shell_quote(batch_id);
     let tally = audit::tally(db, batch_id).await?;
     let status = if report.interrupted {
-        "interrupted"
+        audit::BatchStatus::Interrupted
     } else if tally.succeeded == tally.rows {
-        "completed"
+        audit::BatchStatus::Completed
     } else {
-        "failed"
+        audit::BatchStatus::Failed
     };
     audit::set_status(db, batch_id, status).await?;
     audit::add_send_time(db, batch_id, report.elapsed).await?;

@@ -2,7 +2,7 @@
 //! every row that has not succeeded, and never a row that has.
 
 use super::args::{ExecArgs, InputArgs};
-use super::{Global, send_phase, usage};
+use super::{Global, send_batch, usage};
 use crate::audit::{self, Db};
 use crate::plan::{self, PlanError};
 use crate::progress::Progress;
@@ -143,7 +143,7 @@ pub async fn run(g: &Global, a: ResumeArgs) -> Result<ExitCode, super::Error> {
                 }
                 Err(PlanError::Db(e)) => return Err(e.into()),
                 Err(e) => {
-                    audit::set_status(&db, &rec.id, "failed").await?;
+                    audit::set_status(&db, &rec.id, audit::BatchStatus::Failed).await?;
                     return Err(usage(format_args!("{e}; nothing was sent")));
                 }
             }
@@ -156,5 +156,5 @@ pub async fn run(g: &Global, a: ResumeArgs) -> Result<ExitCode, super::Error> {
         options: &options,
         endpoints: &endpoints,
     };
-    send_phase(g, &b, &plan, sandbox.is_some(), true, cancel).await
+    send_batch(g, &b, &plan, sandbox.is_some(), true, cancel).await
 }

@@ -1,7 +1,7 @@
 //! `convoy run SOURCE`: plan every row into a new batch, then send.
 
 use super::args::{ExecArgs, InputArgs};
-use super::{Global, send_phase, usage};
+use super::{Global, send_batch, usage};
 use crate::audit::{self, Db};
 use crate::call::Endpoints;
 use crate::plan::{self, PlanError};
@@ -131,7 +131,7 @@ pub async fn run(g: &Global, a: RunArgs) -> Result<ExitCode, super::Error> {
     };
     // Rows from a `convoy failures` export must not undo newer edits.
     let from_export = columns.iter().any(|c| c == "from_batch");
-    send_phase(g, &b, &plan, sandbox.is_some(), from_export, cancel).await
+    send_batch(g, &b, &plan, sandbox.is_some(), from_export, cancel).await
 }
 
 /// `--dry-run`: every row validated and its call printed; no database, no network.

@@ -108,7 +108,7 @@ impl Config {
 
 /// One request as the sandbox received it.
 #[derive(Clone, Debug, Serialize)]
-pub struct Recorded {
+pub struct Logged {
     pub method: String,
     /// The raw path, as on the wire.
     pub path: String,
@@ -162,7 +162,7 @@ pub struct State {
     started: Instant,
     rng: Mutex<fastrand::Rng>,
     world: Mutex<World>,
-    log: Mutex<Vec<Recorded>>,
+    log: Mutex<Vec<Logged>>,
     limits: Mutex<[Option<Limiter>; 2]>,
     /// Calls being answered now, per API (for `max_in_flight`).
     in_flight: [AtomicU64; 2],
@@ -301,7 +301,7 @@ impl Sandbox {
         }
     }
 
-    pub fn requests(&self) -> Vec<Recorded> {
+    pub fn requests(&self) -> Vec<Logged> {
         lock(&self.state.log).clone()
     }
 
@@ -442,7 +442,7 @@ impl State {
                     .into_owned()
             })
             .collect();
-        let mut rec = Recorded {
+        let mut rec = Logged {
             method,
             path,
             segments,
@@ -518,7 +518,7 @@ impl State {
     }
 
     /// Decides the answer (and how long to wait before giving it).
-    fn route(&self, rec: &mut Recorded, body: &[u8]) -> (Reply, Option<Duration>) {
+    fn route(&self, rec: &mut Logged, body: &[u8]) -> (Reply, Option<Duration>) {
         let segs: Vec<String> = rec.segments.clone();
         let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
         let m = rec.method.clone();

@@ -120,7 +120,7 @@ fn check_path(edit: &Edit) -> Result<(), proptest::test_runner::TestCaseError> {
         convoy::edit::Api::Attention => "https://api.attention.tech/v2",
         convoy::edit::Api::Vg => "https://eu-cloudflare.vg-stuff.com",
     };
-    let c = call::plan(edit, base);
+    let c = call::build(edit, base);
     let url = reqwest::Url::parse(&c.url).unwrap();
     prop_assert!(
         url.query().is_none() && url.fragment().is_none(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 const HEADER: &str = "row_id,op,conversation_id,agent_id,title,labels,label.priority,skip_analysis,intelligence,opportunity_id,conversation,state,tags";
 
-fn body(r: &convoy::sandbox::Recorded) -> Value {
+fn body(r: &convoy::sandbox::Logged) -> Value {
     serde_json::from_str(&r.body).unwrap_or(Value::Null)
 }
 
