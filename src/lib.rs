@@ -3,33 +3,39 @@
 //!
 //! # Layout
 //!
+//! One-way layers, lowest first; a module uses only those above it in this
+//! table, and nothing below the command line imports it (`.ci/run` checks).
+//!
 //! | module | owns |
 //! |---|---|
-//! | [`cli`] | the command line (clap) and dispatch |
-//! | [`cmd`] | one module per command: `run`, `resume`, `status`, `failures`, `sandbox` |
-//! | [`source`] | reading rows from CSV, stdin or a SQLite table, streamed |
-//! | [`edit`] | validating a row into a typed edit, or an error naming row and column |
-//! | [`call`] | mapping an edit to its HTTP call; endpoints, auth, secrets |
-//! | [`batch`] | a batch's options, plan phase and send phase |
-//! | [`exec`] | concurrency, per-conversation order, retries, 401/403 stops |
-//! | [`pacer`] | per-API pacing: fixed rates, `Retry-After` pauses, `auto` |
-//! | [`audit`] | the audit database and its single batched writer |
-//! | [`progress`] | the progress bar and plain progress lines |
+//! | [`text`] | how durations, sizes and shell words are written and read |
+//! | [`edit`] | the row model (`Api`, `Op`, `Edit`) and validating a row into an edit |
+//! | [`source`] | reading rows from CSV (any delimiter, any encoding), stdin or a SQLite table, streamed |
+//! | [`call`] | the request builder (edit → method, URL, body); endpoints, keys, secrets |
+//! | [`pacer`] | pacing one API: fixed rates, `Retry-After` pauses, `auto` |
+//! | [`audit`] | the audit database: every query, the batch records, the single batched writer, batch locks |
 //! | [`report`] | reading the audit back: batch list, detail, failure clusters, CSV export |
-//! | [`sandbox`] | the local simulator of both APIs |
+//! | [`options`] | a batch's effective options, as recorded |
+//! | [`send`] | the send phase: one lane per API (reader, in-flight budget, pacer), per-conversation order, retries |
+//! | [`progress`] | the progress bar and plain progress lines |
+//! | [`plan`] | the plan phase, and reconciling a resumed batch with its source |
+//! | [`output`] | stdout that never panics on a closed pipe or a full disk |
+//! | [`sandbox`] | the local simulator of both APIs and its limiter shapes |
+//! | [`cmd`] | one module per command, their shared flags (`cmd::args`) and the error model |
+//! | [`cli`] | the command line (clap) and dispatch |
 
 pub mod audit;
 pub mod call;
 pub mod cli;
 pub mod cmd;
 pub mod edit;
-pub mod options;
+pub(crate) mod options;
 pub mod output;
-pub mod pacer;
-pub mod plan;
-pub mod progress;
-pub mod report;
+pub(crate) mod pacer;
+pub(crate) mod plan;
+pub(crate) mod progress;
+pub(crate) mod report;
 pub mod sandbox;
-pub mod send;
-pub mod source;
-pub mod text;
+pub(crate) mod send;
+pub(crate) mod source;
+pub(crate) mod text;

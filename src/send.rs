@@ -164,11 +164,6 @@ impl ApiLane {
         }
     }
 
-    /// The smoothed time on the wire of this lane's calls.
-    pub fn latency(&self) -> Duration {
-        Duration::from_micros(self.latency_us.load(Relaxed))
-    }
-
     fn observe(&self, took: Duration) {
         let us = took.as_micros().min(u128::from(u32::MAX)) as u64;
         // EWMA with weight 1/8 (as TCP's SRTT); the first answer sets it.
