@@ -57,19 +57,9 @@ impl Work {
 
     /// Runs `convoy ARGS` against `sb` with `input` on its stdin.
     pub async fn run_stdin(&self, sb: Option<&Sandbox>, args: &[&str], input: &[u8]) -> Out {
-        use tokio::io::AsyncWriteExt;
-        let mut child = self
-            .convoy(sb)
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn convoy");
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(input).await.unwrap();
-        drop(stdin);
-        Out(child.wait_with_output().await.expect("run convoy"))
+        let mut c = self.convoy(sb);
+        c.args(args);
+        feed(c, input).await
     }
 
     /// Creates the SQLite file `name` in the work dir and runs `sql` in it.
@@ -95,6 +85,21 @@ impl Work {
             .await
             .expect("open audit db")
     }
+}
+
+/// Runs a prepared `convoy` command with `input` on its stdin.
+pub async fn feed(mut c: tokio::process::Command, input: &[u8]) -> Out {
+    use tokio::io::AsyncWriteExt;
+    let mut child = c
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn convoy");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).await.unwrap();
+    drop(stdin);
+    Out(child.wait_with_output().await.expect("run convoy"))
 }
 
 pub struct Out(pub Output);

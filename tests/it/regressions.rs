@@ -358,24 +358,11 @@ async fn a_damaged_audit_row_fails_alone_and_the_rest_are_sent() {
     let w = Work::new();
     let input =
         b"op,conversation_id\nattention.archive,c1\nattention.archive,c2\nattention.archive,c3\n";
-    let out = w
-        .convoy(Some(&sb))
+    let mut wrong_key = w.convoy(Some(&sb));
+    wrong_key
         .env("ATTENTION_API_KEY", "wrong")
-        .args(["run", "-", "--batch", "night"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use tokio::io::AsyncWriteExt;
-        let mut child = out;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(input).await.unwrap();
-        drop(stdin);
-        let o = child.wait_with_output().await.unwrap();
-        assert_eq!(o.status.code(), Some(3));
-    }
+        .args(["run", "-", "--batch", "night"]);
+    feed(wrong_key, input).await.expect(3);
     let db = w.db().await;
     sqlx::query("UPDATE audit SET api = 'bogus' WHERE row_key = '2'")
         .execute(&db)
