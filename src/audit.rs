@@ -797,12 +797,14 @@ pub async fn sendable_page(
     pass: i64,
     api: Api,
     after: (i64, i64),
+    until: Option<i64>,
     limit: usize,
 ) -> anyhow::Result<Vec<Sendable>> {
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT rowid, row_key, row_number, api, method, url, request_body, conversation_id, attempts \
          FROM audit WHERE batch_id = ?1 AND pass = ?2 AND status IN {SENDABLE} AND api = ?6 \
-         AND (row_number, rowid) > (?3, ?4) ORDER BY row_number, rowid LIMIT ?5"
+         AND (row_number, rowid) > (?3, ?4) AND (?7 IS NULL OR row_number <= ?7) \
+         ORDER BY row_number, rowid LIMIT ?5"
     )))
     .bind(batch_id)
     .bind(pass)
@@ -810,7 +812,26 @@ pub async fn sendable_page(
     .bind(after.1)
     .bind(limit as i64)
     .bind(api.name())
+    .bind(until)
     .fetch_all(&db.pool)
+    .await?)
+}
+
+/// The row number of the `n`th row this pass sends, in source order (`None`: fewer rows).
+pub async fn nth_sendable(
+    db: &Db,
+    batch_id: &str,
+    pass: i64,
+    n: u64,
+) -> anyhow::Result<Option<i64>> {
+    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT row_number FROM audit WHERE batch_id = ?1 AND pass = ?2 AND status IN {SENDABLE} \
+         AND api IS NOT NULL ORDER BY row_number, rowid LIMIT 1 OFFSET ?3"
+    )))
+    .bind(batch_id)
+    .bind(pass)
+    .bind(n.saturating_sub(1) as i64)
+    .fetch_optional(&db.pool)
     .await?)
 }
 

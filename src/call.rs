@@ -240,18 +240,27 @@ impl Endpoints {
 
     /// Every API with rows to send needs its credential.
     pub fn require(&self, rows_per_api: [u64; 2]) -> Result<(), ConfigError> {
-        for (api, n) in Api::ALL.into_iter().zip(rows_per_api) {
-            if n > 0 && self.get(api).secret.is_none() {
+        // Every missing key at once: a 3 a.m. fix should not take two tries.
+        let missing: Vec<String> = Api::ALL
+            .into_iter()
+            .zip(rows_per_api)
+            .filter(|(api, n)| *n > 0 && self.get(*api).secret.is_none())
+            .map(|(api, n)| {
                 let var = match api {
                     Api::Attention => "ATTENTION_API_KEY",
                     Api::Vg => "VG_API_TOKEN",
                 };
-                return Err(ConfigError(format!(
-                    "{var} is not set, and {n} row(s) need the {api} API; set it (or rehearse with --sandbox)"
-                )));
-            }
+                format!("{var} is not set, and {n} row(s) need the {api} API")
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        Err(ConfigError(format!(
+            "{}; set {} (or rehearse with --sandbox)",
+            missing.join("; "),
+            if missing.len() > 1 { "them" } else { "it" }
+        )))
     }
 }
 

@@ -34,6 +34,10 @@ pub enum Command {
     Failures(crate::cmd::failures::FailuresArgs),
     /// Serve a local simulator of both APIs.
     Sandbox(crate::cmd::sandbox::SandboxArgs),
+    /// Print shell completions (bash, zsh, fish, ...) to stdout.
+    Completions(crate::cmd::completions::CompletionsArgs),
+    /// Print the man page (roff) to stdout.
+    Man,
 }
 
 pub async fn dispatch(cli: Cli) -> Result<ExitCode, crate::cmd::Error> {
@@ -54,6 +58,8 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode, crate::cmd::Error> {
         Command::Status(a) => crate::cmd::status::run(&global(&a.db, false), a).await,
         Command::Failures(a) => crate::cmd::failures::run(&global(&a.db, false), a).await,
         Command::Sandbox(a) => crate::cmd::sandbox::run(a).await,
+        Command::Completions(a) => crate::cmd::completions::completions(a),
+        Command::Man => crate::cmd::completions::man(),
     }
 }
 

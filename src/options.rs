@@ -25,6 +25,9 @@ pub struct Options {
     /// This pass sends rows older than a succeeded edit of their conversation.
     #[serde(default)]
     pub send_older_edits: bool,
+    /// This pass sends only the first N sendable rows (`--limit`).
+    #[serde(default)]
+    pub limit: Option<u64>,
     /// `--delimiter`, as given (found from the header when absent).
     #[serde(default)]
     pub delimiter: Option<char>,

@@ -9,6 +9,23 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 static CLOSED: AtomicBool = AtomicBool::new(false);
 static FAILED: AtomicBool = AtomicBool::new(false);
+/// `--json`: lines of text go to stderr, so stdout holds only the JSON.
+static TEXT_TO_STDERR: AtomicBool = AtomicBool::new(false);
+
+/// From now on [`line`] writes to stderr: stdout is kept for [`json`].
+pub fn text_to_stderr() {
+    TEXT_TO_STDERR.store(true, Relaxed);
+}
+
+/// A JSON document on stdout, pretty-printed, whatever [`text_to_stderr`] said.
+pub fn json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let mut out = Stdout;
+    let text = serde_json::to_string_pretty(value)?;
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+    Ok(())
+}
 
 /// Whether writing to stdout failed for a reason other than a closed pipe.
 pub fn failed() -> bool {
@@ -49,6 +66,10 @@ fn note(result: std::io::Result<()>) {
 
 /// One line of output.
 pub fn line(args: std::fmt::Arguments<'_>) {
+    if TEXT_TO_STDERR.load(Relaxed) {
+        let _ = writeln!(std::io::stderr(), "{args}");
+        return;
+    }
     let mut out = Stdout;
     let _ = out.write_fmt(format_args!("{args}\n"));
     let _ = out.flush();

@@ -855,9 +855,12 @@ pub async fn phase(
     } = *b;
     let damaged = audit::fail_damaged(db, batch_id, pass).await?;
     let counters = Arc::new(Counters::default());
-    counters
-        .total
-        .store(to_send.saturating_sub(damaged), Relaxed);
+    counters.total.store(
+        to_send
+            .saturating_sub(damaged)
+            .min(options.limit.unwrap_or(u64::MAX)),
+        Relaxed,
+    );
     counters
         .invalid
         .store(tally(db, batch_id).await?.invalid, Relaxed);
@@ -891,12 +894,17 @@ pub async fn phase(
     ));
     let described = executor.clone();
     let progress = Progress::sending(counters.clone(), move || described.bounds(), quiet);
+    // `--limit N`: the rows up to the Nth sendable one, in source order, whatever their API.
+    let until = match options.limit {
+        Some(n) => audit::nth_sendable(db, batch_id, pass, n).await?,
+        None => None,
+    };
     let started = std::time::Instant::now();
     // One lane per API: its own reader (its rows in source order) and its
     // own loop, so neither API ever waits for the other.
     let lanes = Api::ALL.map(|api| {
         let (tx, rx) = mpsc::channel(1024);
-        let feeder = tokio::spawn(feed(db.clone(), batch_id.to_owned(), pass, api, tx));
+        let feeder = tokio::spawn(feed(db.clone(), batch_id.to_owned(), pass, api, until, tx));
         let executor = executor.clone();
         async move {
             executor.run(api, rx).await;
@@ -967,12 +975,13 @@ async fn feed(
     batch_id: String,
     pass: i64,
     lane: Api,
+    until: Option<i64>,
     tx: mpsc::Sender<Job>,
 ) -> anyhow::Result<()> {
     const PAGE: usize = 1000;
     let mut after = (i64::MIN, i64::MIN);
     loop {
-        let rows = audit::sendable_page(&db, &batch_id, pass, lane, after, PAGE).await?;
+        let rows = audit::sendable_page(&db, &batch_id, pass, lane, after, until, PAGE).await?;
         let last_page = rows.len() < PAGE;
         for r in rows {
             after = (r.row_number, r.id);

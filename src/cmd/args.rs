@@ -32,6 +32,10 @@ pub struct QuietArg {
 #[derive(Debug, Args, Clone, Default)]
 #[command(next_help_heading = "Sending")]
 pub struct ExecArgs {
+    /// Send only the first N sendable rows (a canary); the rest stay pending for `convoy resume`.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+
     /// Calls in flight per API: auto (sized from each API's latency and pace), or N as a hard cap [default: auto]
     #[arg(long, value_parser = parse_concurrency)]
     pub concurrency: Option<Concurrency>,
@@ -183,6 +187,7 @@ pub fn resolve(
         sandbox: exec.sandbox || recorded.is_some_and(|r| r.sandbox),
         // Never inherited: each pass says it again.
         send_older_edits: input.send_older_edits,
+        limit: exec.limit,
         delimiter: input
             .delimiter
             .map(char::from)

@@ -2,6 +2,7 @@
 //! share (the send phase's ending, signals) is here.
 
 pub mod args;
+pub mod completions;
 pub mod failures;
 pub mod resume;
 pub mod run;
@@ -132,6 +133,14 @@ pub fn on_signals(cancel: CancellationToken, batch_id: String) {
     });
 }
 
+/// `--json`: the finished batch, as `convoy status NAME --json` prints it.
+pub async fn print_json(json: bool, db: &audit::Db, id: &str) -> Result<(), Error> {
+    if json && let Some(detail) = crate::report::detail(db, id).await? {
+        crate::output::json(&detail)?;
+    }
+    Ok(())
+}
+
 /// A signal came while the rows were being read: what was planned is kept,
 /// the batch is `interrupted`, exit 130.
 pub async fn interrupted_while_planning(
@@ -226,11 +235,19 @@ async fn finish(
     on_sandbox: bool,
 ) -> anyhow::Result<ExitCode> {
     let Batch {
-        db, id: batch_id, ..
+        db,
+        id: batch_id,
+        options,
+        ..
     } = *b;
     let q = shell_quote(batch_id);
     let tally = audit::tally(db, batch_id).await?;
-    let status = if report.interrupted {
+    // A canary (`--limit`) whose rows all succeeded: the rest wait for `resume`.
+    let canary_passed = options.limit.is_some()
+        && report.stops.is_empty()
+        && tally.failed + tally.invalid + tally.held + tally.in_flight == 0
+        && tally.pending > 0;
+    let status = if report.interrupted || canary_passed {
         audit::BatchStatus::Interrupted
     } else if tally.succeeded == tally.rows {
         audit::BatchStatus::Completed
@@ -283,6 +300,17 @@ async fn finish(
         crate::outln!(
             "held {held} row(s): a later edit of the same conversation already succeeded, so sending them would undo it; `convoy resume {q} --send-older-edits` sends them anyway"
         );
+    }
+    if canary_passed && !report.interrupted {
+        crate::outln!(
+            "canary: the first {} row(s) were sent and succeeded; `convoy resume {q}` sends the other {}",
+            report
+                .counters
+                .done
+                .load(std::sync::atomic::Ordering::Relaxed),
+            tally.pending
+        );
+        return Ok(ExitCode::from(exit::OK));
     }
     if report.interrupted {
         crate::outln!("interrupted: `convoy resume {q}` sends the rest");

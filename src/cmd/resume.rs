@@ -24,6 +24,10 @@ pub struct ResumeArgs {
     #[command(flatten)]
     pub exec: ExecArgs,
 
+    /// Print the finished batch as `convoy status NAME --json` does, and nothing else on stdout.
+    #[arg(long)]
+    pub json: bool,
+
     #[command(flatten)]
     pub db: super::args::DbArg,
 
@@ -32,6 +36,9 @@ pub struct ResumeArgs {
 }
 
 pub async fn run(g: &Global, a: ResumeArgs) -> Result<ExitCode, super::Error> {
+    if a.json {
+        crate::output::text_to_stderr();
+    }
     if !g.db.exists() {
         return Err(usage(format_args!(
             "no audit database at {}; pass --db",
@@ -156,5 +163,7 @@ pub async fn run(g: &Global, a: ResumeArgs) -> Result<ExitCode, super::Error> {
         options: &options,
         endpoints: &endpoints,
     };
-    send_batch(g, &b, &plan, sandbox.is_some(), true, cancel).await
+    let code = send_batch(g, &b, &plan, sandbox.is_some(), true, cancel).await?;
+    super::print_json(a.json, &db, &rec.id).await?;
+    Ok(code)
 }

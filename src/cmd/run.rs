@@ -35,6 +35,10 @@ pub struct RunArgs {
     #[command(flatten)]
     pub exec: ExecArgs,
 
+    /// Print the finished batch as `convoy status NAME --json` does, and nothing else on stdout.
+    #[arg(long)]
+    pub json: bool,
+
     #[command(flatten)]
     pub db: super::args::DbArg,
 
@@ -43,6 +47,9 @@ pub struct RunArgs {
 }
 
 pub async fn run(g: &Global, a: RunArgs) -> Result<ExitCode, super::Error> {
+    if a.json {
+        crate::output::text_to_stderr();
+    }
     let options = match super::args::resolve(&a.exec, &a.input, None) {
         Ok(o) => o,
         Err(e) => return Err(usage(e)),
@@ -131,7 +138,9 @@ pub async fn run(g: &Global, a: RunArgs) -> Result<ExitCode, super::Error> {
     };
     // Rows from a `convoy failures` export must not undo newer edits.
     let from_export = columns.iter().any(|c| c == "from_batch");
-    send_batch(g, &b, &plan, sandbox.is_some(), from_export, cancel).await
+    let code = send_batch(g, &b, &plan, sandbox.is_some(), from_export, cancel).await?;
+    super::print_json(a.json, &db, &name).await?;
+    Ok(code)
 }
 
 /// `--dry-run`: every row validated and its call printed; no database, no network.
@@ -141,6 +150,7 @@ async fn dry_run(
 ) -> Result<ExitCode, super::Error> {
     let mut seen = crate::audit::SeenKeys::in_memory().await?;
     let (mut calls, mut invalid) = (0u64, 0u64);
+    let mut per_api = [0u64; 2];
     let progress = Progress::none();
     let mut out = std::io::BufWriter::new(crate::output::Stdout);
     while let Some(row) = reader.rows.recv().await {
@@ -158,6 +168,9 @@ async fn dry_run(
         match (planned.method, planned.url) {
             (Some(m), Some(u)) => {
                 calls += 1;
+                if let Some(api) = planned.api {
+                    per_api[api as usize] += 1;
+                }
                 use std::io::Write;
                 writeln!(
                     out,
@@ -176,6 +189,9 @@ async fn dry_run(
         }
     }
     drop(out);
+    if let Err(e) = endpoints.require(per_api) {
+        eprintln!("warning: {e}; a real run would stop here");
+    }
     eprintln!(
         "dry run: {calls} call(s) would be sent, {invalid} row(s) invalid; nothing was sent or written"
     );

@@ -34,11 +34,7 @@ pub async fn run(g: &Global, a: StatusArgs) -> Result<ExitCode, super::Error> {
         None => {
             let lines = report::batches(&db, None).await?;
             if a.json {
-                crate::outln!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({ "batches": lines }))
-                        .map_err(anyhow::Error::from)?
-                );
+                crate::output::json(&serde_json::json!({ "batches": lines }))?;
             } else {
                 print_list(&lines);
             }
@@ -51,10 +47,7 @@ pub async fn run(g: &Global, a: StatusArgs) -> Result<ExitCode, super::Error> {
                 )));
             };
             if a.json {
-                crate::outln!(
-                    "{}",
-                    serde_json::to_string_pretty(&d).map_err(anyhow::Error::from)?
-                );
+                crate::output::json(&d)?;
             } else {
                 print_detail(&d);
             }

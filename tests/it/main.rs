@@ -12,6 +12,7 @@
 mod common;
 mod hardening;
 mod lanes;
+mod operations;
 mod props;
 mod regressions;
 mod report;
