@@ -25,6 +25,12 @@ pub struct Options {
     /// This pass sends rows older than a succeeded edit of their conversation.
     #[serde(default)]
     pub send_older_edits: bool,
+    /// The circuit breaker: the share of the last `breaker_window` answered
+    /// rows failing the same way that stops an API (0: off).
+    #[serde(default = "default_breaker_share")]
+    pub breaker_share: f64,
+    #[serde(default = "default_breaker_window")]
+    pub breaker_window: usize,
     /// This pass sends only the first N sendable rows (`--limit`).
     #[serde(default)]
     pub limit: Option<u64>,
@@ -34,6 +40,14 @@ pub struct Options {
     /// `--encoding`, by its canonical name.
     #[serde(default)]
     pub encoding: Option<String>,
+}
+
+fn default_breaker_share() -> f64 {
+    0.8
+}
+
+fn default_breaker_window() -> usize {
+    100
 }
 
 impl Options {

@@ -308,7 +308,7 @@ pub async fn clusters(db: &Db, id: &str) -> anyhow::Result<Vec<Cluster>> {
     } in rows
     {
         let error = error.unwrap_or_default();
-        let masked = mask(&error);
+        let masked = crate::text::mask(&error);
         let key = (status.clone(), api.clone(), http_status, masked.clone());
         match index.get(&key) {
             Some(i) => groups[*i].count += 1,
@@ -332,43 +332,6 @@ pub async fn clusters(db: &Db, id: &str) -> anyhow::Result<Vec<Cluster>> {
         g.cluster = i + 1;
     }
     Ok(groups)
-}
-
-/// An error with its particulars masked, so that like errors group together:
-/// quoted text becomes `"…"`, any word with a digit in it becomes `#`.
-pub fn mask(error: &str) -> String {
-    let mut out = String::with_capacity(error.len());
-    let mut chars = error.chars().peekable();
-    let mut word = String::new();
-    // A field name with a digit in it (ratingFrom5) is a name, not a value.
-    let flush = |word: &mut String, out: &mut String| {
-        if word.chars().any(|c| c.is_ascii_digit()) && !crate::edit::is_vg_field(word) {
-            out.push('#');
-        } else {
-            out.push_str(word);
-        }
-        word.clear();
-    };
-    while let Some(c) = chars.next() {
-        if c == '"' {
-            flush(&mut word, &mut out);
-            out.push_str("\"…\"");
-            let mut escaped = false;
-            for d in chars.by_ref() {
-                if d == '"' && !escaped {
-                    break;
-                }
-                escaped = d == '\\' && !escaped;
-            }
-        } else if c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':') {
-            word.push(c);
-        } else {
-            flush(&mut word, &mut out);
-            out.push(c);
-        }
-    }
-    flush(&mut word, &mut out);
-    out
 }
 
 /// The columns an export adds after the source's own: why the row is there,
@@ -417,7 +380,7 @@ pub async fn export_failures(
             && (c.status != status
                 || c.api != api
                 || c.http_status != http_status
-                || c.error != mask(error.as_deref().unwrap_or("")))
+                || c.error != crate::text::mask(error.as_deref().unwrap_or("")))
         {
             continue;
         }
@@ -451,7 +414,7 @@ pub async fn export_failures(
 
 #[cfg(test)]
 mod tests {
-    use super::mask;
+    use crate::text::mask;
 
     #[test]
     fn masking_groups_like_errors() {

@@ -66,6 +66,8 @@ pub struct Settings {
     pub max_backoff: Duration,
     /// The longest `Retry-After` obeyed as given.
     pub max_retry_after: Duration,
+    /// The circuit breaker's rule; `None` turns it off.
+    pub breaker: Option<BreakerRule>,
 }
 
 impl Settings {
@@ -75,6 +77,10 @@ impl Settings {
             concurrency: o.concurrency.map(|n| n as usize),
             max_attempts: o.max_attempts,
             timeout: Duration::from_millis(o.timeout_ms),
+            breaker: (o.breaker_share > 0.0).then_some(BreakerRule {
+                share: o.breaker_share,
+                window: o.breaker_window,
+            }),
             ..Settings::default()
         }
     }
@@ -89,6 +95,7 @@ impl Default for Settings {
             base_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(30),
             max_retry_after: Duration::from_secs(300),
+            breaker: Some(BreakerRule::default()),
         }
     }
 }
@@ -97,7 +104,78 @@ impl Default for Settings {
 #[derive(Clone, Debug)]
 pub struct Stop {
     pub api: Api,
-    pub http_status: u16,
+    pub why: StopReason,
+}
+
+/// What stopped an API.
+#[derive(Clone, Debug)]
+pub enum StopReason {
+    /// A 401 or 403: its key was rejected.
+    Auth(u16),
+    /// The circuit breaker: `count` of the last `window` answered rows failed the same way.
+    Breaker {
+        count: usize,
+        window: usize,
+        error: String,
+    },
+}
+
+/// The circuit breaker's rule: when at least half of the last `window`
+/// answered rows of an API are in, and `share` of them failed the same way
+/// (one failure cluster), the batch is failing systematically (a mapping
+/// bug, a wrong base URL): that API stops and its other rows stay pending.
+#[derive(Clone, Copy, Debug)]
+pub struct BreakerRule {
+    pub share: f64,
+    pub window: usize,
+}
+
+impl Default for BreakerRule {
+    fn default() -> Self {
+        BreakerRule {
+            share: 0.8,
+            window: 100,
+        }
+    }
+}
+
+/// One lane's recent answers: `None` a success, else the failure's cluster.
+#[derive(Debug, Default)]
+struct Breaker {
+    recent: VecDeque<Option<(Option<u16>, String)>>,
+}
+
+impl Breaker {
+    /// Records an answered row; `Some` once the rule trips.
+    fn record(
+        &mut self,
+        rule: BreakerRule,
+        failure: Option<(Option<u16>, String)>,
+    ) -> Option<StopReason> {
+        if self.recent.len() == rule.window {
+            self.recent.pop_front();
+        }
+        let this = failure.clone();
+        self.recent.push_back(failure);
+        let (http_status, error) = this?;
+        // The same cluster: the same HTTP status and the same masked error.
+        if self.recent.len() * 2 < rule.window {
+            return None;
+        }
+        let count = self
+            .recent
+            .iter()
+            .filter(|r| {
+                r.as_ref()
+                    .is_some_and(|(s, e)| *s == http_status && *e == error)
+            })
+            .count();
+        (count as f64 >= rule.share * self.recent.len() as f64).then_some(StopReason::Breaker {
+            count,
+            window: self.recent.len(),
+            error,
+        })
+    }
 }
 
 /// What one API needs at run time. Each API is sent by its own loop with its
@@ -116,6 +194,7 @@ pub struct ApiLane {
     running: AtomicU64,
     /// Wakes the lane's loop when a row frees its slot for a backoff.
     freed: tokio::sync::Notify,
+    breaker: Mutex<Breaker>,
 }
 
 /// `--concurrency auto`: the fewest calls in flight a lane keeps, the budget
@@ -141,6 +220,7 @@ impl ApiLane {
             answered: AtomicU64::new(0),
             running: AtomicU64::new(0),
             freed: tokio::sync::Notify::new(),
+            breaker: Mutex::new(Breaker::default()),
         }
     }
 
@@ -226,12 +306,29 @@ impl Executor {
         self.stops.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn stop(&self, api: Api, http_status: u16) {
+    fn stop(&self, api: Api, why: StopReason) {
         if !self.lane(api).stopped.swap(true, Relaxed) {
             self.stops
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push(Stop { api, http_status });
+                .push(Stop { api, why });
+        }
+    }
+
+    /// Tells the lane's breaker how a row ended; stops the API when it trips.
+    fn judge(&self, api: Api, failure: Option<(Option<u16>, &str)>) {
+        let Some(rule) = self.settings.breaker else {
+            return;
+        };
+        let failure = failure.map(|(s, e)| (s, crate::text::mask(e)));
+        let tripped = self
+            .lane(api)
+            .breaker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(rule, failure);
+        if let Some(why) = tripped {
+            self.stop(api, why);
         }
     }
 
@@ -249,7 +346,7 @@ impl Executor {
                 let running = lane.running.load(Relaxed);
                 let limit = lane.in_flight_limit(self.settings.concurrency);
                 let what = if lane.stopped.load(Relaxed) {
-                    "stopped (key rejected)".to_owned()
+                    "stopped".to_owned()
                 } else if let Some(left) = lane.pacer.paused_for() {
                     format!("paused {} (Retry-After)", crate::text::show_duration(left))
                 } else {
@@ -495,6 +592,7 @@ impl Executor {
                 Verdict::Success => {
                     self.counters.succeeded.fetch_add(1, Relaxed);
                     self.counters.done.fetch_add(1, Relaxed);
+                    self.judge(job.api, None);
                     let _ = self
                         .recorder
                         .finished(finish(RowStatus::Succeeded, last, attempt, None))
@@ -502,7 +600,7 @@ impl Executor {
                     return;
                 }
                 Verdict::AuthRejected(code) => {
-                    self.stop(job.api, code);
+                    self.stop(job.api, StopReason::Auth(code));
                     break;
                 }
                 Verdict::Final => break,
@@ -513,6 +611,15 @@ impl Executor {
             .as_ref()
             .is_some_and(|a| matches!(a.verdict, Verdict::Retry | Verdict::RateLimited));
         let note = exhausted.then(|| format!("gave up after {attempt} attempts"));
+        if let Some(a) = last
+            .as_ref()
+            .filter(|a| !matches!(a.verdict, Verdict::AuthRejected(_)))
+        {
+            self.judge(
+                job.api,
+                Some((a.http_status, a.error.as_deref().unwrap_or(""))),
+            );
+        }
         self.counters.failed.fetch_add(1, Relaxed);
         self.counters.done.fetch_add(1, Relaxed);
         let _ = self

@@ -1,6 +1,7 @@
 //! How values are written for people and read back from them: durations
 //! (`30s`, `2m05s`), sizes (`256MB`), and names quoted as one shell word
-//! for the commands that hints suggest.
+//! for the commands that hints suggest; and an error with its values masked,
+//! so that errors alike group together.
 
 use std::time::Duration;
 
@@ -77,6 +78,43 @@ pub fn shell_quote(name: &str) -> std::borrow::Cow<'_, str> {
     } else {
         format!("'{}'", name.replace('\'', "'\\''")).into()
     }
+}
+
+/// An error with its particulars masked, so that like errors group together:
+/// quoted text becomes `"…"`, any word with a digit in it becomes `#`.
+pub fn mask(error: &str) -> String {
+    let mut out = String::with_capacity(error.len());
+    let mut chars = error.chars().peekable();
+    let mut word = String::new();
+    // A field name with a digit in it (ratingFrom5) is a name, not a value.
+    let flush = |word: &mut String, out: &mut String| {
+        if word.chars().any(|c| c.is_ascii_digit()) && !crate::edit::is_vg_field(word) {
+            out.push('#');
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    while let Some(c) = chars.next() {
+        if c == '"' {
+            flush(&mut word, &mut out);
+            out.push_str("\"…\"");
+            let mut escaped = false;
+            for d in chars.by_ref() {
+                if d == '"' && !escaped {
+                    break;
+                }
+                escaped = d == '\\' && !escaped;
+            }
+        } else if c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':') {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
 }
 
 #[cfg(test)]

@@ -48,6 +48,14 @@ pub struct ExecArgs {
     #[arg(long, env = "CONVOY_VG_RATE", help_heading = "Pacing")]
     pub vg_rate: Option<RateSpec>,
 
+    /// Stop an API when this share of its last --breaker-window answered rows failed the same way (0 turns the breaker off) [default: 0.8]
+    #[arg(long, value_name = "SHARE", value_parser = parse_share)]
+    pub max_failure_rate: Option<f64>,
+
+    /// How many recent answered rows the circuit breaker looks at [default: 100]
+    #[arg(long, value_name = "ROWS", value_parser = clap::value_parser!(u32).range(10..=100_000))]
+    pub breaker_window: Option<u32>,
+
     /// Attempts per row in all, retries included [default: 5]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: Option<u32>,
@@ -105,6 +113,14 @@ pub struct InputArgs {
     /// Send a row even when a later edit of its conversation already succeeded (by default such a row is held, so a fix never undoes a newer edit).
     #[arg(long)]
     pub send_older_edits: bool,
+}
+
+/// A share from 0 to 1.
+fn parse_share(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|p| (0.0..=1.0).contains(p))
+        .ok_or_else(|| format!("{s:?}: give a share from 0 to 1, like 0.8 (0 turns it off)"))
 }
 
 /// `--concurrency`: `auto`, or a hard cap per API.
@@ -185,6 +201,15 @@ pub fn resolve(
             .or(recorded.and_then(|r| r.op.clone())),
         strict: input.strict || recorded.is_some_and(|r| r.strict),
         sandbox: exec.sandbox || recorded.is_some_and(|r| r.sandbox),
+        breaker_share: exec
+            .max_failure_rate
+            .or(recorded.map(|r| r.breaker_share))
+            .unwrap_or(0.8),
+        breaker_window: exec
+            .breaker_window
+            .map(|n| n as usize)
+            .or(recorded.map(|r| r.breaker_window))
+            .unwrap_or(100),
         // Never inherited: each pass says it again.
         send_older_edits: input.send_older_edits,
         limit: exec.limit,

@@ -284,11 +284,20 @@ async fn finish(
     );
     for stop in &report.stops {
         let left = crate::audit::unsent_for_api(db, batch_id, stop.api).await?;
-        crate::outln!(
-            "stopped the {} API after HTTP {}: its key was rejected; {left} of its row(s) left pending. Fix the key, then `convoy resume {q}`",
-            stop.api,
-            stop.http_status
-        );
+        match &stop.why {
+            send::StopReason::Auth(code) => crate::outln!(
+                "stopped the {} API after HTTP {code}: its key was rejected; {left} of its row(s) left pending. Fix the key, then `convoy resume {q}`",
+                stop.api
+            ),
+            send::StopReason::Breaker {
+                count,
+                window,
+                error,
+            } => crate::outln!(
+                "stopped the {} API: the circuit breaker tripped, {count} of its last {window} answered rows failed the same way ({error}); {left} of its row(s) left pending. Fix the cause (`convoy status {q}`), then `convoy resume {q}`",
+                stop.api
+            ),
+        }
     }
     let not_json = crate::report::not_json(db, batch_id).await?;
     if not_json > 0 {

@@ -149,3 +149,68 @@ async fn completions_man_page_and_help() {
         );
     }
 }
+
+/// A night where every row 404s (a mapping bug) stops itself within about
+/// 100 calls: the rest stay pending, the cluster is named, exit 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_stops_a_systematically_failing_night() {
+    let sb = plain_sandbox().await;
+    let w = Work::new();
+    let rows: Vec<String> = (0..600)
+        .map(|i| format!("attention.archive,missing-{i}"))
+        .collect();
+    w.write("n.csv", &csv("op,conversation_id", &rows));
+    let out = w
+        .run(Some(&sb), &["run", "n.csv", "--batch", "night"])
+        .await;
+    out.expect(3);
+    let stdout = out.stdout();
+    assert!(
+        stdout.contains("circuit breaker tripped") && stdout.contains("not found"),
+        "{stdout}"
+    );
+    let sent = sb.requests().len();
+    assert!(sent <= 150, "{sent} calls before the breaker tripped");
+    let (pending,): (i64,) = sqlx::query_as("SELECT count(*) FROM audit WHERE status = 'pending'")
+        .fetch_one(&w.db().await)
+        .await
+        .unwrap();
+    assert_eq!(
+        pending as usize,
+        600 - sent,
+        "every unsent row stays pending"
+    );
+    // Turned off, it lets the night run on.
+    let out = w
+        .run(Some(&sb), &["resume", "night", "--max-failure-rate", "0"])
+        .await;
+    out.expect(1);
+    // The failed rows go again with the pending ones: all 600 this time.
+    assert_eq!(sb.requests().len(), sent + 600);
+}
+
+/// A healthy night with 2% of rows failing for good never trips it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_leaves_a_healthy_night_alone() {
+    let sb = plain_sandbox().await;
+    let w = Work::new();
+    let rows: Vec<String> = (0..600)
+        .map(|i| {
+            let id = if i % 50 == 7 {
+                format!("missing-{i}")
+            } else {
+                format!("c{i}")
+            };
+            format!("attention.archive,{id}")
+        })
+        .collect();
+    w.write("n.csv", &csv("op,conversation_id", &rows));
+    let out = w.run(Some(&sb), &["run", "n.csv"]).await;
+    out.expect(1);
+    assert!(
+        !out.stdout().contains("circuit breaker"),
+        "{}",
+        out.stdout()
+    );
+    assert_eq!(sb.requests().len(), 600);
+}
