@@ -31,6 +31,9 @@ pub struct Options {
     pub breaker_share: f64,
     #[serde(default = "default_breaker_window")]
     pub breaker_window: usize,
+    /// The longest an API may be down before the batch gives up on it.
+    #[serde(default = "default_outage_wait")]
+    pub outage_wait_ms: u64,
     /// This pass sends only the first N sendable rows (`--limit`).
     #[serde(default)]
     pub limit: Option<u64>,
@@ -44,6 +47,10 @@ pub struct Options {
 
 fn default_breaker_share() -> f64 {
     0.8
+}
+
+fn default_outage_wait() -> u64 {
+    15 * 60 * 1000
 }
 
 fn default_breaker_window() -> usize {

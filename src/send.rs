@@ -68,6 +68,8 @@ pub struct Settings {
     pub max_retry_after: Duration,
     /// The circuit breaker's rule; `None` turns it off.
     pub breaker: Option<BreakerRule>,
+    /// The longest an API may be down before it is given up on for the batch.
+    pub outage_wait: Duration,
 }
 
 impl Settings {
@@ -77,6 +79,7 @@ impl Settings {
             concurrency: o.concurrency.map(|n| n as usize),
             max_attempts: o.max_attempts,
             timeout: Duration::from_millis(o.timeout_ms),
+            outage_wait: Duration::from_millis(o.outage_wait_ms),
             breaker: (o.breaker_share > 0.0).then_some(BreakerRule {
                 share: o.breaker_share,
                 window: o.breaker_window,
@@ -96,6 +99,7 @@ impl Default for Settings {
             max_backoff: Duration::from_secs(30),
             max_retry_after: Duration::from_secs(300),
             breaker: Some(BreakerRule::default()),
+            outage_wait: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -118,6 +122,8 @@ pub enum StopReason {
         window: usize,
         error: String,
     },
+    /// Down for longer than `--outage-wait`.
+    Outage(Duration),
 }
 
 /// The circuit breaker's rule: when at least half of the last `window`
@@ -136,6 +142,89 @@ impl Default for BreakerRule {
             share: 0.8,
             window: 100,
         }
+    }
+}
+
+/// Whether an API is down, as a lane sees it: nearly every recent call
+/// failed on the wire (connection errors, timeouts, 5xx). While it is down
+/// it is paused and probed by one row at a time, with the gap between
+/// probes doubling up to a minute; rows spend no attempts meanwhile.
+#[derive(Debug)]
+struct Outage {
+    /// The last [`OUTAGE_LOOK`] answers: whether each failed on the wire.
+    recent: VecDeque<bool>,
+    /// Since when it is down, and the gap before the next probe.
+    down: Option<(Instant, Duration)>,
+    /// Time it was down in this batch, over all outages.
+    total: Duration,
+}
+
+/// How many recent answers decide that an API is down, and which share of
+/// them must have failed on the wire.
+const OUTAGE_LOOK: usize = 10;
+const OUTAGE_SHARE: f64 = 0.9;
+const FIRST_PROBE: Duration = Duration::from_secs(1);
+const LONGEST_PROBE_GAP: Duration = Duration::from_secs(60);
+
+/// What an answer did to the outage state.
+#[derive(Debug, PartialEq)]
+enum Wire {
+    /// The API is up.
+    Up,
+    /// The API is down (now or still): the attempt is not counted; wait `gap`.
+    Down { gap: Duration },
+    /// Down for longer than the outage may last: stop the API.
+    TooLong(Duration),
+}
+
+impl Outage {
+    fn new() -> Outage {
+        Outage {
+            recent: VecDeque::new(),
+            down: None,
+            total: Duration::ZERO,
+        }
+    }
+
+    fn answered(&mut self, failed_on_wire: bool, now: Instant, limit: Duration) -> Wire {
+        if self.recent.len() == OUTAGE_LOOK {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(failed_on_wire);
+        match (self.down, failed_on_wire) {
+            (Some((since, _)), false) => {
+                // Back: sending resumes at the paced rate.
+                self.total += now.saturating_duration_since(since);
+                self.down = None;
+                self.recent.clear();
+                Wire::Up
+            }
+            (Some((since, gap)), true) => {
+                let down_for = now.saturating_duration_since(since);
+                if down_for >= limit {
+                    return Wire::TooLong(down_for);
+                }
+                let gap = (gap * 2).min(LONGEST_PROBE_GAP);
+                self.down = Some((since, gap));
+                Wire::Down { gap }
+            }
+            (None, true) => {
+                let bad = self.recent.iter().filter(|b| **b).count();
+                if self.recent.len() >= OUTAGE_LOOK / 2
+                    && bad as f64 >= OUTAGE_SHARE * self.recent.len() as f64
+                {
+                    self.down = Some((now, FIRST_PROBE));
+                    Wire::Down { gap: FIRST_PROBE }
+                } else {
+                    Wire::Up
+                }
+            }
+            (None, false) => Wire::Up,
+        }
+    }
+
+    fn is_down(&self) -> bool {
+        self.down.is_some()
     }
 }
 
@@ -195,6 +284,9 @@ pub struct ApiLane {
     /// Wakes the lane's loop when a row frees its slot for a backoff.
     freed: tokio::sync::Notify,
     breaker: Mutex<Breaker>,
+    outage: Mutex<Outage>,
+    /// While the API is down, one row at a time probes it.
+    probe: tokio::sync::Semaphore,
 }
 
 /// `--concurrency auto`: the fewest calls in flight a lane keeps, the budget
@@ -221,7 +313,19 @@ impl ApiLane {
             running: AtomicU64::new(0),
             freed: tokio::sync::Notify::new(),
             breaker: Mutex::new(Breaker::default()),
+            outage: Mutex::new(Outage::new()),
+            probe: tokio::sync::Semaphore::new(1),
         }
+    }
+
+    fn outage(&self) -> std::sync::MutexGuard<'_, Outage> {
+        self.outage.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How long the API was down in this batch.
+    pub fn down_for(&self) -> Duration {
+        let o = self.outage();
+        o.total + o.down.map_or(Duration::ZERO, |(since, _)| since.elapsed())
     }
 
     /// How many calls this lane may have in flight now. A hard `cap` wins.
@@ -347,6 +451,11 @@ impl Executor {
                 let limit = lane.in_flight_limit(self.settings.concurrency);
                 let what = if lane.stopped.load(Relaxed) {
                     "stopped".to_owned()
+                } else if lane.outage().is_down() {
+                    format!(
+                        "down for {}, probing",
+                        crate::text::show_duration(lane.down_for())
+                    )
                 } else if let Some(left) = lane.pacer.paused_for() {
                     format!("paused {} (Retry-After)", crate::text::show_duration(left))
                 } else {
@@ -488,7 +597,10 @@ impl Executor {
             self.cancel.cancel();
             return;
         }
-        for n in 0..self.settings.max_attempts {
+        // Attempts spent from this pass's budget: one made while the API is
+        // down is not spent (it is still recorded).
+        let mut n = 0u32;
+        while n < self.settings.max_attempts {
             if n > 0 {
                 // Backoff with jitter; a Retry-After pause is held by the pacer.
                 let exp = self
@@ -546,18 +658,49 @@ impl Executor {
             }
             if self.is_stopped(job.api) {
                 let why = format!(
-                    "not sent: the {} API rejected the credentials earlier in this batch",
+                    "not sent: the {} API was stopped earlier in this batch",
                     job.api
                 );
                 return self
                     .left_pending(finish(RowStatus::Pending, last, attempt, Some(why)))
                     .await;
             }
+            // While the API is down, one row at a time probes it.
+            let _probe = if lane.outage().is_down() {
+                let permit = tokio::select! {
+                    p = lane.probe.acquire() => p.ok(),
+                    _ = self.cancel.cancelled() => None,
+                };
+                if permit.is_none() || self.is_stopped(job.api) {
+                    return self
+                        .left_pending(finish(RowStatus::Pending, last, attempt, None))
+                        .await;
+                }
+                permit
+            } else {
+                None
+            };
             let sent = Instant::now();
             attempt += 1;
+            n += 1;
             let a = self.attempt(&job, lane).await;
             if a.http_status.is_some() {
                 lane.observe(sent.elapsed());
+            }
+            let on_wire = matches!(a.verdict, Verdict::Retry);
+            let wire = lane
+                .outage()
+                .answered(on_wire, Instant::now(), self.settings.outage_wait);
+            match wire {
+                Wire::Up => {}
+                Wire::Down { gap } => {
+                    n -= 1; // the API is down, not the row
+                    lane.pacer.pause_until(Instant::now() + gap);
+                }
+                Wire::TooLong(down_for) => {
+                    n -= 1;
+                    self.stop(job.api, StopReason::Outage(down_for));
+                }
             }
             self.counters.http_attempts.fetch_add(1, Relaxed);
             let verdict = a.verdict;
@@ -932,6 +1075,8 @@ pub struct StoppedEarly(pub anyhow::Error);
 pub struct ExecReport {
     pub counters: Arc<Counters>,
     pub stops: Vec<Stop>,
+    /// How long each API was down, when it was.
+    pub outages: Vec<(Api, Duration)>,
     pub elapsed: Duration,
     pub interrupted: bool,
 }
@@ -1031,6 +1176,11 @@ pub async fn phase(
     let elapsed = started.elapsed();
     let _ = recorder.flush().await;
     let stops = executor.stops();
+    let outages: Vec<(Api, Duration)> = Api::ALL
+        .into_iter()
+        .map(|api| (api, executor.lane(api).down_for()))
+        .filter(|(_, d)| !d.is_zero())
+        .collect();
     // The progress ticker holds the executor (and so the recorder): stop it first.
     progress.finish();
     drop(executor);
@@ -1054,6 +1204,7 @@ pub async fn phase(
     }
     Ok(ExecReport {
         stops,
+        outages,
         counters,
         elapsed,
         interrupted: cancel.is_cancelled(),
@@ -1174,5 +1325,47 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after(&HeaderValue::from_static("soon")), None);
+    }
+
+    #[test]
+    fn an_api_is_down_when_nearly_every_call_fails_on_the_wire() {
+        let t0 = Instant::now();
+        let limit = Duration::from_secs(60);
+        let mut o = Outage::new();
+        // A healthy API with a few 5xx: never down.
+        for i in 0..200 {
+            assert_eq!(o.answered(i % 25 == 0, t0, limit), Wire::Up);
+        }
+        // Five failures on the wire in a row: down, probed with doubling gaps.
+        let mut o = Outage::new();
+        for _ in 0..4 {
+            assert_eq!(o.answered(true, t0, limit), Wire::Up);
+        }
+        assert_eq!(o.answered(true, t0, limit), Wire::Down { gap: FIRST_PROBE });
+        let at = |s| t0 + Duration::from_secs(s);
+        assert_eq!(
+            o.answered(true, at(1), limit),
+            Wire::Down {
+                gap: FIRST_PROBE * 2
+            }
+        );
+        assert_eq!(
+            o.answered(true, at(3), limit),
+            Wire::Down {
+                gap: FIRST_PROBE * 4
+            }
+        );
+        // Back: up at once, the time down counted.
+        assert_eq!(o.answered(false, at(7), limit), Wire::Up);
+        assert_eq!(o.total, Duration::from_secs(7));
+        // Down again, past the limit: given up on.
+        for _ in 0..5 {
+            o.answered(true, at(10), limit);
+        }
+        assert!(o.is_down());
+        assert_eq!(
+            o.answered(true, at(80), limit),
+            Wire::TooLong(Duration::from_secs(70))
+        );
     }
 }

@@ -56,6 +56,10 @@ pub struct ExecArgs {
     #[arg(long, value_name = "ROWS", value_parser = clap::value_parser!(u32).range(10..=100_000))]
     pub breaker_window: Option<u32>,
 
+    /// How long an API may be down (nearly every call failing on the wire) before the batch stops waiting for it; rows spend no attempts meanwhile [default: 15m]
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub outage_wait: Option<Duration>,
+
     /// Attempts per row in all, retries included [default: 5]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: Option<u32>,
@@ -210,6 +214,11 @@ pub fn resolve(
             .map(|n| n as usize)
             .or(recorded.map(|r| r.breaker_window))
             .unwrap_or(100),
+        outage_wait_ms: exec
+            .outage_wait
+            .map(|d| d.as_millis() as u64)
+            .or(recorded.map(|r| r.outage_wait_ms))
+            .unwrap_or(15 * 60 * 1000),
         // Never inherited: each pass says it again.
         send_older_edits: input.send_older_edits,
         limit: exec.limit,

@@ -289,6 +289,11 @@ async fn finish(
                 "stopped the {} API after HTTP {code}: its key was rejected; {left} of its row(s) left pending. Fix the key, then `convoy resume {q}`",
                 stop.api
             ),
+            send::StopReason::Outage(down_for) => crate::outln!(
+                "stopped the {} API: it was down for {} (longer than --outage-wait); {left} of its row(s) left pending. `convoy resume {q}` sends them once it is back",
+                stop.api,
+                crate::text::show_duration(*down_for)
+            ),
             send::StopReason::Breaker {
                 count,
                 window,
@@ -298,6 +303,12 @@ async fn finish(
                 stop.api
             ),
         }
+    }
+    for (api, down_for) in &report.outages {
+        eprintln!(
+            "note: the {api} API was down for {} in all; its rows waited without spending attempts",
+            crate::text::show_duration(*down_for)
+        );
     }
     let not_json = crate::report::not_json(db, batch_id).await?;
     if not_json > 0 {

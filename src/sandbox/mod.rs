@@ -171,6 +171,7 @@ pub struct State {
     vg_template: Map<String, Value>,
     clock_ms: AtomicU64,
     pub served: AtomicU64,
+    served_changed: tokio::sync::Notify,
 }
 
 /// A running sandbox. Dropping it stops the server.
@@ -216,13 +217,17 @@ impl Sandbox {
             vg_template: edit::vg_blank_conversation(),
             clock_ms: AtomicU64::new(0),
             served: AtomicU64::new(0),
+            served_changed: tokio::sync::Notify::new(),
         });
         let s = state.clone();
         let task = tokio::spawn(async move {
             // An accept error (EMFILE: out of file descriptors) must not
             // spin: back off, doubling up to a second, as mini-redis does.
             let mut backoff = Duration::from_millis(1);
+            // Its connections die with it: a stopped sandbox is an outage.
+            let mut connections = tokio::task::JoinSet::new();
             loop {
+                while connections.try_join_next().is_some() {}
                 let stream = match listener.accept().await {
                     Ok((stream, _)) => {
                         backoff = Duration::from_millis(1);
@@ -236,7 +241,7 @@ impl Sandbox {
                 };
                 let _ = stream.set_nodelay(true);
                 let s = s.clone();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let s = s.clone();
                         async move { s.handle(req).await }
@@ -302,7 +307,7 @@ impl Sandbox {
     }
 
     pub fn requests(&self) -> Vec<Logged> {
-        lock(&self.state.log).clone()
+        self.state.requests()
     }
 
     /// The current state of an Attention conversation (its attributes).
@@ -328,6 +333,17 @@ impl Sandbox {
 
     pub fn set_rate_limit(&self, per_sec: Option<f64>) {
         self.state.set_rate_limit(per_sec);
+    }
+
+    /// Returns once the sandbox has received at least `n` requests (tests).
+    pub async fn served_at_least(&self, n: u64) {
+        loop {
+            let changed = self.state.served_changed.notified();
+            if self.state.served.load(Relaxed) >= n {
+                return;
+            }
+            changed.await;
+        }
     }
 }
 
@@ -395,6 +411,11 @@ enum Fate {
 }
 
 impl State {
+    /// Every request received so far (also after the sandbox stopped).
+    pub fn requests(&self) -> Vec<Logged> {
+        lock(&self.log).clone()
+    }
+
     /// Both APIs limited to `per_sec` from now on, in the configured shape.
     pub fn set_rate_limit(&self, per_sec: Option<f64>) {
         let now = Instant::now();
@@ -419,6 +440,7 @@ impl State {
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Reply {
         self.served.fetch_add(1, Relaxed);
+        self.served_changed.notify_waiters();
         let method = req.method().as_str().to_owned();
         let path = req.uri().path().to_owned();
         let header = |name| {

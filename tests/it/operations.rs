@@ -214,3 +214,70 @@ async fn the_breaker_leaves_a_healthy_night_alone() {
     );
     assert_eq!(sb.requests().len(), 600);
 }
+
+/// The sandbox stopped mid-run and started again 6 s later (longer than the
+/// 0.25 + 0.5 + 1 + 2 s of backoff five attempts spend): the API is treated
+/// as down, rows spend no attempts meanwhile, none fails, and sending
+/// resumes when it is back. (Before, every remaining row burned its attempts
+/// and failed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_is_ridden_out_and_no_row_fails() {
+    use convoy::sandbox::{Config, Sandbox};
+    let first = plain_sandbox().await;
+    let addr = first.addr;
+    let w = Work::new();
+    let rows: Vec<String> = (0..200)
+        .map(|i| format!("attention.archive,c{i}"))
+        .collect();
+    w.write("n.csv", &csv("op,conversation_id", &rows));
+    let run = w
+        .convoy(Some(&first))
+        .args([
+            "run",
+            "n.csv",
+            "--batch",
+            "night",
+            "--attention-rate",
+            "40/s",
+        ])
+        .output();
+    let outage = async {
+        first.served_at_least(40).await;
+        let state = first.state.clone();
+        drop(first);
+        // The outage itself: a scenario's length, not a wait for something.
+        tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+        let second = Sandbox::start(Config::default(), addr)
+            .await
+            .expect("restart on the same port");
+        (state, second)
+    };
+    let (out, (state, second)) = tokio::join!(run, outage);
+    let before = state.requests();
+    let out = Out(out.unwrap());
+    out.expect(0);
+    assert!(
+        out.stderr().contains("API was down for"),
+        "{}",
+        out.stderr()
+    );
+    let db = w.db().await;
+    let rows = audit_rows(&db).await;
+    assert!(
+        rows.iter().all(|r| r.1 == "succeeded"),
+        "a row did not succeed: {rows:?}"
+    );
+    // Every conversation was applied; at most the calls cut off by the
+    // outage (their answers lost) were applied twice.
+    let mut applied = std::collections::HashMap::new();
+    for r in before
+        .iter()
+        .chain(second.requests().iter())
+        .filter(|r| r.applied)
+    {
+        *applied.entry(r.path.clone()).or_insert(0) += 1;
+    }
+    assert_eq!(applied.len(), 200);
+    let twice = applied.values().filter(|n| **n > 1).count();
+    assert!(twice <= 16, "{twice} rows applied twice");
+}
