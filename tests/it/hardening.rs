@@ -324,7 +324,17 @@ async fn keys_stay_secret_on_every_failure_path() {
     let mut outputs = Vec::new();
     for args in [
         vec!["run", "k.csv", "--batch", "k"], // 401 from VG, 503 + drop on Attention
-        vec!["run", "k.csv", "--batch", "k2", "--attention-url", dead], // connection refused
+        // connection refused: the API is down from the start; waited for briefly
+        vec![
+            "run",
+            "k.csv",
+            "--batch",
+            "k2",
+            "--attention-url",
+            dead,
+            "--outage-wait",
+            "1s",
+        ],
         vec!["run", "k.csv", "--dry-run"],
         vec!["status", "k", "--json"],
         vec!["failures", "k"],
