@@ -121,6 +121,8 @@ const MARGIN: f64 = 0.995;
 /// A 429 at a rate at most this much above the estimate pins the limit: hold
 /// the estimate, don't climb.
 const PINNED: f64 = 1.2;
+/// A 429 of a call sent this soon after a cut belongs to the cut's episode.
+const SAME_EPISODE: Duration = Duration::from_millis(100);
 /// The shortest stretch an estimate of the limit rests on.
 const SHORTEST: Duration = Duration::from_millis(100);
 /// The most successes an estimate looks back over.
@@ -377,8 +379,12 @@ impl Auto {
 
     /// A call sent at `sent` drew a 429; its answer came at `now`.
     pub fn on_429(&mut self, sent: Instant, now: Instant) {
-        // One cut per episode: 429s answering calls already on the wire don't cut again.
-        if self.last_cut.is_some_and(|c| sent < c) {
+        // One cut per episode: 429s answering calls already on the wire don't
+        // cut again, nor do those of calls that passed the pacer just before
+        // the cut was made (sent an instant after it: with a fast API, the
+        // 429s of a whole unpaced start would otherwise cut slow start down
+        // to a crawl).
+        if self.last_cut.is_some_and(|c| sent < c + SAME_EPISODE) {
             return;
         }
         self.last_cut = Some(now);
@@ -483,18 +489,21 @@ impl State {
     }
 
     /// Takes the start slot if it has come; else says when it comes.
-    fn take(&mut self, now: Instant) -> Result<(), Instant> {
+    /// Takes the start slot if it comes within `lead` of `now` (and returns
+    /// it); else says when to ask again.
+    fn take(&mut self, now: Instant, lead: Duration) -> Result<Instant, Instant> {
         let iv = self.interval();
         let paced = self.last_start.zip(iv).map(|(last, iv)| last + iv);
         let slot = paced.max(self.paused_until).unwrap_or(now);
-        if slot > now {
-            return Err(slot);
+        if slot > now + lead {
+            return Err(slot - lead);
         }
         // A caller woken a little late keeps the schedule (no drift); after
         // an idle spell the schedule restarts from now (no saved-up burst).
-        let late = iv.is_some_and(|iv| now - slot < iv);
-        self.last_start = Some(if late { slot } else { now });
-        Ok(())
+        let on_time = slot >= now || iv.is_some_and(|iv| now - slot < iv);
+        let start = if on_time { slot } else { now };
+        self.last_start = Some(start);
+        Ok(start)
     }
 }
 
@@ -535,12 +544,24 @@ impl Pacer {
     }
 
     /// Waits for this call's start slot. Cancel-safe: dropping it gives up its place.
+    /// Waits for this call's start slot (the tests' shorthand for [`Pacer::reserve`]).
+    #[cfg(test)]
     pub async fn acquire(&self) {
+        let slot = self.reserve(Duration::ZERO).await;
+        tokio::time::sleep_until(slot).await;
+    }
+
+    /// Takes this call's start slot once it is at most `lead` away, and
+    /// returns when it is: the caller commits what must be durable before
+    /// the call (its `in_flight` mark) meanwhile, then starts at the slot.
+    /// Cancel-safe: dropping it before it returns gives up its place.
+    pub async fn reserve(&self, lead: Duration) -> Instant {
         {
             // Unpaced and not paused: nothing to wait for, no queue to join.
+            let now = Instant::now();
             let s = self.lock();
-            if s.interval().is_none() && s.paused_until.is_none_or(|p| p <= Instant::now()) {
-                return;
+            if s.interval().is_none() && s.paused_until.is_none_or(|p| p <= now) {
+                return now;
             }
         }
         let _turn = self.queue.lock().await;
@@ -548,11 +569,12 @@ impl Pacer {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let Err(slot) = self.lock().take(Instant::now()) else {
-                return;
+            let wake = match self.lock().take(Instant::now(), lead) {
+                Ok(slot) => return slot,
+                Err(wake) => wake,
             };
             tokio::select! {
-                _ = tokio::time::sleep_until(slot) => {}
+                _ = tokio::time::sleep_until(wake) => {}
                 _ = changed => {}
             }
         }
@@ -920,5 +942,23 @@ mod tests {
         assert_eq!(a.rate(), None);
         let a = Auto::new(None, Some(f64::NAN), t0);
         assert_eq!(a.rate(), None);
+    }
+
+    /// At ~0 ms a call can pass the still-unpaced pacer an instant before the
+    /// first 429 is processed and be stamped as sent just after it: its 429
+    /// cut slow start down to a crawl (26% of a 40/s limit on a first night).
+    #[test]
+    fn a_429_of_a_call_sent_just_after_the_cut_is_the_same_episode() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut a = Auto::new(None, None, t0);
+        for i in 0..4 {
+            a.on_success(ms(i), ms(i + 1));
+        }
+        a.on_429(ms(4), ms(5));
+        assert_eq!(a.phase, Phase::SlowStart);
+        let rate = a.rate();
+        a.on_429(ms(6), ms(7));
+        assert_eq!((a.phase, a.rate()), (Phase::SlowStart, rate));
     }
 }

@@ -374,6 +374,11 @@ pub struct Executor {
     stops: Mutex<Vec<Stop>>,
 }
 
+/// How long before its slot a row's `in_flight` mark is committed: about a
+/// group commit's time, so the mark is durable when the slot comes and the
+/// rows marked but not yet sent are only those within this of their slot.
+const MARK_LEAD: Duration = Duration::from_millis(20);
+
 /// The largest response body stored; a larger one is stored truncated and marked so.
 pub const MAX_STORED_BODY: usize = 1 << 20;
 
@@ -589,14 +594,10 @@ impl Executor {
                 snapshot,
             }
         };
-        // Marked before it waits for its slot, so that the call leaves the
-        // moment the slot comes (no commit between the pacer and the wire).
-        if self.recorder.in_flight(job.id).await.is_err() {
-            // Without the in_flight mark committed, the call must not go
-            // out; the audit database failed, so nothing more is sent.
-            self.cancel.cancel();
-            return;
-        }
+        // `in_flight` means "may be on the wire": the mark is committed in
+        // the last moments before the row's first slot (below), not while
+        // it queues for the pace.
+        let mut marked = false;
         // Attempts spent from this pass's budget: one made while the API is
         // down is not spent (it is still recorded).
         let mut n = 0u32;
@@ -641,10 +642,30 @@ impl Executor {
                         .await;
                 }
             }
-            let go = tokio::select! {
-                _ = lane.pacer.acquire() => true,
-                _ = self.cancel.cancelled() => false,
+            let slot = tokio::select! {
+                slot = lane.pacer.reserve(MARK_LEAD) => Some(slot),
+                _ = self.cancel.cancelled() => None,
             };
+            let go = slot.is_some();
+            if let Some(slot) = slot {
+                if !marked {
+                    // The slot is taken: commit the mark while its time comes,
+                    // so the wire waits for no commit (unless the commit is slow).
+                    let (mark, ()) = tokio::join!(
+                        self.recorder.in_flight(job.id),
+                        tokio::time::sleep_until(slot)
+                    );
+                    if mark.is_err() {
+                        // Without the mark committed the call must not go out;
+                        // the audit database failed, so nothing more is sent.
+                        self.cancel.cancel();
+                        return;
+                    }
+                    marked = true;
+                } else {
+                    tokio::time::sleep_until(slot).await;
+                }
+            }
             if !go {
                 let why = "interrupted before it was sent".to_owned();
                 return self

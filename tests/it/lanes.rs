@@ -86,3 +86,50 @@ async fn concurrency_is_auto_by_default_and_a_number_caps_it() {
             .unwrap();
     assert_eq!(recorded, [None, Some(3)]);
 }
+
+/// `in_flight` means "may be on the wire": after a SIGKILL, every row left
+/// `in_flight` had really been sent. (Rows were marked before they queued
+/// for their pace, so up to --concurrency never-sent rows sat in the
+/// "outcome unknown" set.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_sigkill_every_in_flight_row_had_been_sent() {
+    let sb = plain_sandbox().await;
+    let w = Work::new();
+    let rows: Vec<String> = (0..100)
+        .map(|i| format!("attention.archive,c{i}"))
+        .collect();
+    w.write("n.csv", &csv("op,conversation_id", &rows));
+    let mut child = w
+        .convoy(Some(&sb))
+        .args([
+            "run",
+            "n.csv",
+            "--batch",
+            "night",
+            "--attention-rate",
+            "5/s",
+            "--concurrency",
+            "16",
+        ])
+        .spawn()
+        .unwrap();
+    sb.served_at_least(6).await;
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let sent: std::collections::HashSet<String> = sb
+        .requests()
+        .iter()
+        .map(|r| r.segments.last().unwrap().clone())
+        .collect();
+    let in_flight: Vec<String> =
+        sqlx::query_scalar("SELECT conversation_id FROM audit WHERE status = 'in_flight'")
+            .fetch_all(&w.db().await)
+            .await
+            .unwrap();
+    for c in &in_flight {
+        assert!(
+            sent.contains(c),
+            "{c} is in_flight but was never sent (in_flight: {in_flight:?})"
+        );
+    }
+}
