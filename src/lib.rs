@@ -13,8 +13,7 @@
 //! | [`source`] | reading rows from CSV (any delimiter, any encoding), stdin or a SQLite table, streamed |
 //! | [`call`] | the request builder (edit → method, URL, body); endpoints, keys, secrets |
 //! | [`pacer`] | pacing one API: fixed rates, `Retry-After` pauses, `auto` |
-//! | [`audit`] | the audit database: every query, the batch records, the single batched writer, batch locks |
-//! | [`report`] | reading the audit back: batch list, detail, failure clusters, CSV export |
+//! | [`audit`] | the audit database: every query, the batch records, the single batched writer, batch locks; `audit::report` reads it back (batch list, detail, failure clusters, CSV export) |
 //! | [`options`] | a batch's effective options, as recorded |
 //! | [`send`] | the send phase: one lane per API (reader, in-flight budget, pacer), per-conversation order, retries |
 //! | [`progress`] | the progress bar and plain progress lines |
@@ -34,7 +33,6 @@ pub mod output;
 pub(crate) mod pacer;
 pub(crate) mod plan;
 pub(crate) mod progress;
-pub(crate) mod report;
 pub mod sandbox;
 pub(crate) mod send;
 pub(crate) mod source;

@@ -4,7 +4,7 @@
 
 use super::{Global, usage};
 use crate::audit::Db;
-use crate::report;
+use crate::audit::report;
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;

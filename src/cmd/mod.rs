@@ -135,7 +135,7 @@ pub fn on_signals(cancel: CancellationToken, batch_id: String) {
 
 /// `--json`: the finished batch, as `convoy status NAME --json` prints it.
 pub async fn print_json(json: bool, db: &audit::Db, id: &str) -> Result<(), Error> {
-    if json && let Some(detail) = crate::report::detail(db, id).await? {
+    if json && let Some(detail) = crate::audit::report::detail(db, id).await? {
         crate::output::json(&detail)?;
     }
     Ok(())
@@ -310,7 +310,7 @@ async fn finish(
             crate::text::show_duration(*down_for)
         );
     }
-    let not_json = crate::report::not_json(db, batch_id).await?;
+    let not_json = crate::audit::report::not_json(db, batch_id).await?;
     if not_json > 0 {
         eprintln!(
             "warning: {not_json} row(s) succeeded, but the API answered with a body that is not JSON (an HTML page?); `convoy status {q}` counts them"

@@ -3,7 +3,7 @@
 
 use super::{Global, usage};
 use crate::audit::Db;
-use crate::report::{self, BatchLine};
+use crate::audit::report::{self, BatchLine};
 use crate::text::show_duration;
 use clap::Args;
 use std::process::ExitCode;

@@ -215,8 +215,9 @@ async fn the_breaker_leaves_a_healthy_night_alone() {
     assert_eq!(sb.requests().len(), 600);
 }
 
-/// The sandbox stopped mid-run and started again 6 s later (longer than the
-/// 0.25 + 0.5 + 1 + 2 s of backoff five attempts spend): the API is treated
+/// The sandbox stopped mid-run for 20 s, then started again (five attempts
+/// spend 0.25 + 0.5 + 1 + 2 s of backoff, so each row would have failed for
+/// good): the API is treated
 /// as down, rows spend no attempts meanwhile, none fails, and sending
 /// resumes when it is back. (Before, every remaining row burned its attempts
 /// and failed.)
@@ -246,7 +247,7 @@ async fn an_outage_is_ridden_out_and_no_row_fails() {
         let state = first.state.clone();
         drop(first);
         // The outage itself: a scenario's length, not a wait for something.
-        tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+        tokio::time::sleep(std::time::Duration::from_secs(20)).await;
         let second = Sandbox::start(Config::default(), addr)
             .await
             .expect("restart on the same port");

@@ -6,6 +6,8 @@
 //! committed) before its call goes on the wire.
 
 use crate::edit::Api;
+pub mod report;
+
 use anyhow::Context;
 use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
