@@ -186,7 +186,14 @@ impl Outage {
         }
     }
 
-    fn answered(&mut self, failed_on_wire: bool, now: Instant, limit: Duration) -> Wire {
+    /// A call sent at `sent` was answered at `now`.
+    fn answered(
+        &mut self,
+        failed_on_wire: bool,
+        sent: Instant,
+        now: Instant,
+        limit: Duration,
+    ) -> Wire {
         if self.recent.len() == OUTAGE_LOOK {
             self.recent.pop_front();
         }
@@ -203,6 +210,10 @@ impl Outage {
                 let down_for = now.saturating_duration_since(since);
                 if down_for >= limit {
                     return Wire::TooLong(down_for);
+                }
+                if sent < since {
+                    // On the wire when it went down: not a probe.
+                    return Wire::Down { gap };
                 }
                 let gap = (gap * 2).min(LONGEST_PROBE_GAP);
                 self.down = Some((since, gap));
@@ -709,9 +720,9 @@ impl Executor {
                 lane.observe(sent.elapsed());
             }
             let on_wire = matches!(a.verdict, Verdict::Retry);
-            let wire = lane
-                .outage()
-                .answered(on_wire, Instant::now(), self.settings.outage_wait);
+            let wire =
+                lane.outage()
+                    .answered(on_wire, sent, Instant::now(), self.settings.outage_wait);
             match wire {
                 Wire::Up => {}
                 Wire::Down { gap } => {
@@ -1351,42 +1362,43 @@ mod tests {
     #[test]
     fn an_api_is_down_when_nearly_every_call_fails_on_the_wire() {
         let t0 = Instant::now();
+        let at = |s| t0 + Duration::from_secs(s);
         let limit = Duration::from_secs(60);
-        let mut o = Outage::new();
         // A healthy API with a few 5xx: never down.
+        let mut o = Outage::new();
         for i in 0..200 {
-            assert_eq!(o.answered(i % 25 == 0, t0, limit), Wire::Up);
+            assert_eq!(o.answered(i % 25 == 0, t0, t0, limit), Wire::Up);
         }
-        // Five failures on the wire in a row: down, probed with doubling gaps.
+        // Five failures on the wire in a row: down.
         let mut o = Outage::new();
         for _ in 0..4 {
-            assert_eq!(o.answered(true, t0, limit), Wire::Up);
+            assert_eq!(o.answered(true, t0, t0, limit), Wire::Up);
         }
-        assert_eq!(o.answered(true, t0, limit), Wire::Down { gap: FIRST_PROBE });
-        let at = |s| t0 + Duration::from_secs(s);
-        assert_eq!(
-            o.answered(true, at(1), limit),
-            Wire::Down {
-                gap: FIRST_PROBE * 2
-            }
-        );
-        assert_eq!(
-            o.answered(true, at(3), limit),
-            Wire::Down {
-                gap: FIRST_PROBE * 4
-            }
-        );
+        let first = Wire::Down { gap: FIRST_PROBE };
+        assert_eq!(o.answered(true, t0, t0, limit), first);
+        // Calls already on the wire when it went down do not stretch the gap.
+        let before = t0 - Duration::from_millis(1);
+        for _ in 0..20 {
+            assert_eq!(o.answered(true, before, t0, limit), first);
+        }
+        // Each failed probe doubles it.
+        let twice = Wire::Down {
+            gap: FIRST_PROBE * 2,
+        };
+        assert_eq!(o.answered(true, at(1), at(1), limit), twice);
+        let four = Wire::Down {
+            gap: FIRST_PROBE * 4,
+        };
+        assert_eq!(o.answered(true, at(3), at(3), limit), four);
         // Back: up at once, the time down counted.
-        assert_eq!(o.answered(false, at(7), limit), Wire::Up);
+        assert_eq!(o.answered(false, at(7), at(7), limit), Wire::Up);
         assert_eq!(o.total, Duration::from_secs(7));
         // Down again, past the limit: given up on.
         for _ in 0..5 {
-            o.answered(true, at(10), limit);
+            o.answered(true, at(10), at(10), limit);
         }
         assert!(o.is_down());
-        assert_eq!(
-            o.answered(true, at(80), limit),
-            Wire::TooLong(Duration::from_secs(70))
-        );
+        let too_long = Wire::TooLong(Duration::from_secs(70));
+        assert_eq!(o.answered(true, at(80), at(80), limit), too_long);
     }
 }
