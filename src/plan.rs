@@ -62,6 +62,15 @@ pub enum PlanError {
     Db(#[from] anyhow::Error),
 }
 
+impl From<audit::SeenError> for PlanError {
+    fn from(e: audit::SeenError) -> PlanError {
+        match e {
+            audit::SeenError::Duplicate(d) => PlanError::Duplicate(d),
+            audit::SeenError::Db(e) => PlanError::Db(e),
+        }
+    }
+}
+
 /// How many row messages (invalid rows, warnings) are printed before they are only counted.
 const SHOWN: u64 = 20;
 const PLAN_CHUNK: usize = 2000;
@@ -144,7 +153,7 @@ pub async fn plan(
                 .iter()
                 .map(|r| (r.row_key.as_str(), r.row_number))
                 .collect();
-            seen.add(&keys).await??;
+            seen.add(&keys).await?;
             audit::insert_planned(&db2, &id2, &chunk).await?;
         }
         Ok::<_, PlanError>(())
@@ -256,7 +265,7 @@ pub async fn reconcile(
             .map(String::as_str)
             .zip(rows.iter().map(|r| r.number))
             .collect();
-        seen.add(&pairs).await??;
+        seen.add(&pairs).await?;
         let recorded = audit::recorded_states(db, batch_id, &keys).await?;
         let mut planned_rows = Vec::new();
         for (row, key) in rows.iter().zip(&keys) {

@@ -39,12 +39,18 @@ pub struct BatchLock {
     _file: std::fs::File,
 }
 
-/// Another process holds the batch.
+/// A batch could not be claimed.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "batch {0:?} is being sent by another convoy process right now; wait for it to finish (or stop it), then try again"
-)]
-pub struct BatchBusy(pub String);
+pub enum ClaimError {
+    /// Another process holds it.
+    #[error(
+        "batch {0:?} is being sent by another convoy process right now; wait for it to finish (or stop it), then try again"
+    )]
+    Busy(String),
+    /// The lock file could not be made or locked.
+    #[error(transparent)]
+    Lock(#[from] anyhow::Error),
+}
 
 impl Db {
     /// Opens (creating and migrating) the audit database. Two processes
@@ -107,12 +113,14 @@ impl Db {
     }
 
     /// Claims `batch_id` for this process, or says who has it.
-    pub fn lock_batch(&self, batch_id: &str) -> anyhow::Result<Result<BatchLock, BatchBusy>> {
+    pub fn lock_batch(&self, batch_id: &str) -> Result<BatchLock, ClaimError> {
         let file = lock_file(&locks_dir(&self.path), &Self::lock_name(batch_id))?;
         match file.try_lock() {
-            Ok(()) => Ok(Ok(BatchLock { _file: file })),
-            Err(std::fs::TryLockError::WouldBlock) => Ok(Err(BatchBusy(batch_id.to_owned()))),
-            Err(std::fs::TryLockError::Error(e)) => Err(e).context("cannot lock the batch"),
+            Ok(()) => Ok(BatchLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(ClaimError::Busy(batch_id.to_owned())),
+            Err(std::fs::TryLockError::Error(e)) => Err(anyhow::Error::from(e)
+                .context("cannot lock the batch")
+                .into()),
         }
     }
 
@@ -121,7 +129,7 @@ impl Db {
         locks_dir(&self.path)
             .join(Self::lock_name(batch_id))
             .exists()
-            && matches!(self.lock_batch(batch_id), Ok(Err(BatchBusy(_))))
+            && matches!(self.lock_batch(batch_id), Err(ClaimError::Busy(_)))
     }
 }
 
@@ -515,6 +523,15 @@ pub async fn insert_planned(db: &Db, batch_id: &str, rows: &[PlannedRow]) -> any
     Ok(write_planned(db, batch_id, 1, rows, false).await?)
 }
 
+/// Why keys could not be added: a repeated `row_id`, or the database.
+#[derive(Debug, thiserror::Error)]
+pub enum SeenError {
+    #[error(transparent)]
+    Duplicate(#[from] DuplicateKey),
+    #[error(transparent)]
+    Db(#[from] anyhow::Error),
+}
+
 /// The one place a repeated `row_id` is caught, for the plan phase, a
 /// resume's reconciliation and `--dry-run` alike: the keys seen so far live
 /// in a temporary table of a connection of their own (on disk beside the
@@ -553,37 +570,41 @@ impl SeenKeys {
 
     /// Adds `(key, row number)` pairs, in source order; the first key seen
     /// before (in this call or an earlier one) is the error.
-    pub async fn add(&mut self, keys: &[(&str, u64)]) -> anyhow::Result<Result<(), DuplicateKey>> {
+    pub async fn add(&mut self, keys: &[(&str, u64)]) -> Result<(), SeenError> {
         let mut here = std::collections::HashMap::new();
         for (k, n) in keys {
             if let Some(first) = here.insert(*k, *n) {
-                return Ok(Err(DuplicateKey {
+                return Err(DuplicateKey {
                     row_key: (*k).to_owned(),
                     row_number: *n,
                     first_row_number: first,
-                }));
+                }
+                .into());
             }
         }
-        let json = serde_json::to_string(keys)?;
+        let json = serde_json::to_string(keys).map_err(anyhow::Error::from)?;
         let earlier: Option<(String, i64)> = sqlx::query_as(
             "SELECT row_key, row_number FROM seen_keys WHERE row_key IN (SELECT value ->> 0 FROM json_each(?1)) LIMIT 1",
         )
         .bind(&json)
         .fetch_optional(&mut self.conn)
-        .await?;
+        .await
+        .map_err(anyhow::Error::from)?;
         if let Some((k, first)) = earlier {
             let at = here.get(k.as_str()).copied().unwrap_or(0);
-            return Ok(Err(DuplicateKey {
+            return Err(DuplicateKey {
                 row_key: k,
                 row_number: at,
                 first_row_number: first as u64,
-            }));
+            }
+            .into());
         }
         sqlx::query("INSERT INTO seen_keys SELECT value ->> 0, value ->> 1 FROM json_each(?1)")
             .bind(&json)
             .execute(&mut self.conn)
-            .await?;
-        Ok(Ok(()))
+            .await
+            .map_err(anyhow::Error::from)?;
+        Ok(())
     }
 }
 

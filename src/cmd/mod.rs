@@ -71,6 +71,21 @@ pub enum Error {
     Other(#[from] anyhow::Error),
 }
 
+impl From<audit::ClaimError> for Error {
+    fn from(e: audit::ClaimError) -> Error {
+        match e {
+            audit::ClaimError::Busy(_) => usage(e),
+            audit::ClaimError::Lock(e) => Error::Other(e),
+        }
+    }
+}
+
+impl From<ConfigError> for Error {
+    fn from(e: ConfigError) -> Error {
+        usage(e)
+    }
+}
+
 impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
@@ -89,18 +104,18 @@ pub fn usage(msg: impl std::fmt::Display) -> Error {
 /// alive by the returned handle), else the options' and the environment's.
 pub async fn endpoints(
     options: &crate::options::Options,
-) -> anyhow::Result<Result<(Option<Sandbox>, Endpoints), ConfigError>> {
+) -> Result<(Option<Sandbox>, Endpoints), Error> {
     if options.sandbox {
         let sb = Sandbox::start_in_process().await?;
         let e = sb.endpoints(options.attention_auth_scheme);
-        return Ok(Ok((Some(sb), e)));
+        return Ok((Some(sb), e));
     }
-    Ok(Endpoints::from_env(
+    let e = Endpoints::from_env(
         &options.attention_url,
         &options.vg_url,
         options.attention_auth_scheme,
-    )
-    .map(|e| (None, e)))
+    )?;
+    Ok((None, e))
 }
 
 /// First Ctrl-C or SIGTERM: cancel (calls in flight finish). Second: exit at once.

@@ -57,10 +57,7 @@ pub async fn run(g: &Global, a: ResumeArgs) -> Result<ExitCode, super::Error> {
         )));
     };
     // Held until this process ends: no other process can send the batch meanwhile.
-    let _claim = match db.lock_batch(&rec.id)? {
-        Ok(lock) => lock,
-        Err(busy) => return Err(usage(busy)),
-    };
+    let _claim = db.lock_batch(&rec.id)?;
     // Read again under the claim: another process may have just finished a pass.
     let Some(rec) = audit::load::<crate::options::Options>(&db, &a.batch).await? else {
         return Err(usage(format_args!("batch {:?} is gone", a.batch)));
@@ -69,10 +66,7 @@ pub async fn run(g: &Global, a: ResumeArgs) -> Result<ExitCode, super::Error> {
         Ok(o) => o,
         Err(e) => return Err(usage(e)),
     };
-    let (sandbox, endpoints) = match super::endpoints(&options).await? {
-        Ok(pair) => pair,
-        Err(e) => return Err(usage(e)),
-    };
+    let (sandbox, endpoints) = super::endpoints(&options).await?;
     let source = match rec.source_kind.as_str() {
         "stdin" => None,
         "sqlite" => Some(Source::Sqlite {

@@ -63,10 +63,7 @@ pub async fn run(g: &Global, a: RunArgs) -> Result<ExitCode, super::Error> {
     {
         return Err(usage("--batch: give a name of 1 to 200 characters"));
     }
-    let (sandbox, endpoints) = match super::endpoints(&options).await? {
-        Ok(pair) => pair,
-        Err(e) => return Err(usage(e)),
-    };
+    let (sandbox, endpoints) = super::endpoints(&options).await?;
     let reader = match source::open(&source, options.default_op(), options.csv_format()).await {
         Ok(r) => r,
         Err(e) => return Err(usage(e)),
@@ -98,10 +95,7 @@ pub async fn run(g: &Global, a: RunArgs) -> Result<ExitCode, super::Error> {
         format!("{}-{}", stem, chrono::Utc::now().format("%Y%m%dT%H%M%SZ"))
     });
     // Held until this process ends: a `resume` of this batch meanwhile refuses.
-    let _claim = match db.lock_batch(&name)? {
-        Ok(lock) => lock,
-        Err(busy) => return Err(usage(busy)),
-    };
+    let _claim = db.lock_batch(&name)?;
     if !audit::create(&db, &name, &source, &reader.columns.names, &options).await? {
         return Err(usage(format_args!(
             "batch {name:?} already exists in {}; to continue it: convoy resume {}",
@@ -159,8 +153,10 @@ async fn dry_run(
             Err(e) => return Err(usage(e)),
         };
         let (planned, warnings) = plan::plan_row(&reader.columns, &row, endpoints);
-        if let Err(dup) = seen.add(&[(planned.row_key.as_str(), row.number)]).await? {
-            return Err(usage(dup));
+        match seen.add(&[(planned.row_key.as_str(), row.number)]).await {
+            Ok(()) => {}
+            Err(crate::audit::SeenError::Duplicate(dup)) => return Err(usage(dup)),
+            Err(crate::audit::SeenError::Db(e)) => return Err(e.into()),
         }
         for w in warnings {
             progress.println(&format!("warning: {w}"));

@@ -111,7 +111,7 @@ async fn a_claimed_batch_is_refused_by_a_second_process() {
     stopped_batch(&w, &sb, 5).await;
     let before = sb.requests().len();
     let db = convoy::audit::Db::open(&w.db).await.unwrap();
-    let claim = db.lock_batch("night").unwrap().expect("free");
+    let claim = db.lock_batch("night").expect("free");
     let out = w.run(Some(&sb), &["resume", "night"]).await;
     out.expect(2);
     assert!(
