@@ -2,7 +2,7 @@
 //! dispatch to one module per command under `cmd/`.
 
 use crate::cmd::args::DbArg;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -58,8 +58,8 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode, crate::cmd::Error> {
         Command::Status(a) => crate::cmd::status::run(&global(&a.db, false), a).await,
         Command::Failures(a) => crate::cmd::failures::run(&global(&a.db, false), a).await,
         Command::Sandbox(a) => crate::cmd::sandbox::run(a).await,
-        Command::Completions(a) => crate::cmd::completions::completions(a),
-        Command::Man => crate::cmd::completions::man(),
+        Command::Completions(a) => crate::cmd::completions::completions(a, Cli::command()),
+        Command::Man => crate::cmd::completions::man(Cli::command()),
     }
 }
 

@@ -3,12 +3,27 @@
 //! the current pace per API). When stderr is not a terminal, a plain
 //! progress line every few seconds instead; `--quiet` silences both.
 
-use crate::send::Counters;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
+
+/// Counts the progress display and the summary read.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub total: AtomicU64,
+    pub done: AtomicU64,
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+    pub retrying: AtomicU64,
+    /// Rows left `pending` (their API stopped, or the batch was interrupted).
+    pub left_pending: AtomicU64,
+    /// Rows found invalid before sending (shown beside the progress).
+    pub invalid: AtomicU64,
+    pub http_attempts: AtomicU64,
+}
 
 /// How often a plain progress line is printed when stderr is not a terminal.
 const PLAIN_EVERY: Duration = Duration::from_secs(5);

@@ -12,7 +12,7 @@ use crate::edit::Api;
 use crate::options::Options;
 use crate::pacer::Pacer;
 use crate::pacer::RateSpec;
-use crate::progress::Progress;
+use crate::progress::{Counters, Progress};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RETRY_AFTER};
@@ -36,21 +36,6 @@ pub struct Job {
     pub conversation_id: Arc<str>,
     /// Attempts made on earlier runs of the batch.
     pub prior_attempts: u32,
-}
-
-/// Counts the progress display and the summary read.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub total: AtomicU64,
-    pub done: AtomicU64,
-    pub succeeded: AtomicU64,
-    pub failed: AtomicU64,
-    pub retrying: AtomicU64,
-    /// Rows left `pending` (their API stopped, or the batch was interrupted).
-    pub left_pending: AtomicU64,
-    /// Rows found invalid before sending (shown beside the progress).
-    pub invalid: AtomicU64,
-    pub http_attempts: AtomicU64,
 }
 
 /// The settings of one execution.

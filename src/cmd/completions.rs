@@ -2,7 +2,7 @@
 //! man page, generated from the clap definitions themselves (as ripgrep and
 //! hyperfine do), so they never drift from the real flags.
 
-use clap::{Args, CommandFactory};
+use clap::Args;
 use clap_complete::Shell;
 use std::process::ExitCode;
 
@@ -12,15 +12,14 @@ pub struct CompletionsArgs {
     pub shell: Shell,
 }
 
-pub fn completions(a: CompletionsArgs) -> Result<ExitCode, super::Error> {
-    let mut cmd = crate::cli::Cli::command();
+/// `cmd`: the whole command line, as the caller (the `cli` module) defines it.
+pub fn completions(a: CompletionsArgs, mut cmd: clap::Command) -> Result<ExitCode, super::Error> {
     let mut out = crate::output::Stdout;
     clap_complete::generate(a.shell, &mut cmd, "convoy", &mut out);
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn man() -> Result<ExitCode, super::Error> {
-    let cmd = crate::cli::Cli::command();
+pub fn man(cmd: clap::Command) -> Result<ExitCode, super::Error> {
     let mut out = crate::output::Stdout;
     clap_mangen::Man::new(cmd)
         .render(&mut out)
