@@ -1,6 +1,7 @@
-//! Row validation: the source's header becomes a [`Columns`] layout once, and
-//! every row becomes a typed [`Edit`] or a [`RowError`] that names the row,
-//! the column and what to do. Nothing here does I/O.
+//! The row model ([`Api`], [`Op`], [`Edit`]) and row validation: the
+//! source's header becomes a [`Columns`] layout once, and every row becomes
+//! a typed [`Edit`] or a [`RowError`] that names the row, the column and
+//! what to do; with the VG field schema. Nothing here does I/O.
 
 use serde_json::{Map, Value};
 use std::collections::HashSet;

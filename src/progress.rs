@@ -1,7 +1,8 @@
 //! What a person watching sees on stderr: a spinner while rows are planned,
-//! then an indicatif bar (done/total, rate, ETA, succeeded/failed/retrying,
-//! the current pace per API). When stderr is not a terminal, a plain
-//! progress line every few seconds instead; `--quiet` silences both.
+//! then an indicatif bar (done/total, percent, elapsed, ETA, rate, counts,
+//! and what bounds each API now), fed by the send phase's [`Counters`].
+//! When stderr is not a terminal, a plain progress line every few seconds
+//! instead; `--quiet` silences both.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;

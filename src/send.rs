@@ -1,10 +1,11 @@
-//! Executing planned rows, one lane per API: each with its own calls in
-//! flight (sized from its latency and pace, or capped by `--concurrency`),
-//! one [`Pacer`] per API awaited before every attempt, edits to the same
-//! conversation one at a time in source order, retries with backoff and
-//! jitter, `Retry-After` pausing the whole API, and a 401/403 stopping that
-//! API. Every attempt and outcome goes to the [`Writer`]; workers hold no
-//! timing logic of their own beyond the backoff delay.
+//! The send phase ([`phase`]): one lane per API, each with its own reader of
+//! its rows, its own calls in flight (sized from its latency and pace, or
+//! capped by `--concurrency`) and its own [`Pacer`], awaited before every
+//! attempt; edits to the same conversation one at a time in source order;
+//! retries with backoff and jitter; `Retry-After` pausing the whole API; a
+//! 401/403, the circuit breaker or an outage longer than `--outage-wait`
+//! stopping that API. Every attempt and outcome goes to the [`Writer`];
+//! workers hold no timing logic of their own beyond the backoff delay.
 
 use crate::audit::{self, AttemptRecord, Db, Outcome, RowStatus, Snapshot, Writer, tally};
 use crate::call::{Endpoint, Endpoints};

@@ -1,9 +1,15 @@
-//! The audit database: one struct, [`Db`], owns it. It creates the file
-//! (owner-only, 0600), sets WAL and `synchronous=NORMAL`, and runs the
-//! migrations in `migrations/`. Every write during a batch goes through one
-//! [`Writer`] task that groups whatever has queued into one transaction, so
-//! there is never one fsync per row, and a row is marked `in_flight` (and that
-//! committed) before its call goes on the wire.
+//! The audit database, and every query of it. One struct, [`Db`], owns it:
+//! it creates the file (owner-only, 0600) under a lock beside it (two
+//! processes may open a new database at once), refuses a SQLite file that
+//! is not a convoy database, sets WAL and `synchronous=NORMAL`, and runs the
+//! migrations in `migrations/`. It also owns:
+//! - batch claims: an OS file lock per batch in `<db>.locks/` ([`Db::lock_batch`]);
+//! - the batch records, the rows to send, held rows, learned rates;
+//! - [`SeenKeys`], the one place a repeated `row_id` is caught;
+//! - the single [`Writer`] task, which groups whatever has queued into one
+//!   transaction (never one fsync per row) and commits a row's `in_flight`
+//!   mark before its call goes on the wire;
+//! - [`report`], reading it all back for people and scripts.
 
 use crate::edit::Api;
 pub mod report;

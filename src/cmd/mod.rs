@@ -1,5 +1,7 @@
 //! One module per command, each owning its `Args` and a `run`; what they
-//! share (the send phase's ending, signals) is here.
+//! share is here: the error model and exit codes ([`Error`], [`exit`]),
+//! signals, the free-space check, and the send phase's ending (summary,
+//! `--json`, exit code).
 
 pub mod args;
 pub mod completions;
