@@ -8,16 +8,16 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`text`] | how durations, sizes and shell words are written and read |
+//! | `text` | how durations, sizes and shell words are written and read |
 //! | [`edit`] | the row model (`Api`, `Op`, `Edit`) and validating a row into an edit |
-//! | [`source`] | reading rows from CSV (any delimiter, any encoding), stdin or a SQLite table, streamed |
+//! | `source` | reading rows from CSV (any delimiter, any encoding), stdin or a SQLite table, streamed |
 //! | [`call`] | the request builder (edit → method, URL, body); endpoints, keys, secrets |
-//! | [`pacer`] | pacing one API: fixed rates, `Retry-After` pauses, `auto` |
+//! | `pacer` | pacing one API: fixed rates, `Retry-After` pauses, `auto` |
 //! | [`audit`] | the audit database: every query, the batch records, the single batched writer, batch locks; `audit::report` reads it back (batch list, detail, failure clusters, CSV export) |
-//! | [`options`] | a batch's effective options, as recorded |
-//! | [`send`] | the send phase: one lane per API (reader, in-flight budget, pacer), per-conversation order, retries |
-//! | [`progress`] | the progress bar and plain progress lines |
-//! | [`plan`] | the plan phase, and reconciling a resumed batch with its source |
+//! | `options` | a batch's effective options, as recorded |
+//! | `send` | the send phase: one lane per API (reader, in-flight budget, pacer), per-conversation order, retries |
+//! | `progress` | the progress bar and plain progress lines |
+//! | `plan` | the plan phase, and reconciling a resumed batch with its source |
 //! | [`output`] | stdout that never panics on a closed pipe or a full disk |
 //! | [`sandbox`] | the local simulator of both APIs and its limiter shapes |
 //! | [`cmd`] | one module per command, their shared flags (`cmd::args`) and the error model |
