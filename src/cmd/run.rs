@@ -79,30 +79,47 @@ pub async fn run(g: &Global, a: RunArgs) -> Result<ExitCode, super::Error> {
         return Err(usage(e));
     }
     let db = Db::open(&g.db).await?;
-    let name = a.batch.clone().unwrap_or_else(|| {
-        // One shell word: spaces and the like in a file name become dashes.
-        let stem: String = source
-            .stem()
-            .chars()
-            .map(|c| {
-                if c.is_alphanumeric() || "._-".contains(c) {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        format!("{}-{}", stem, chrono::Utc::now().format("%Y%m%dT%H%M%SZ"))
-    });
-    // Held until this process ends: a `resume` of this batch meanwhile refuses.
-    let _claim = db.lock_batch(&name)?;
-    if !audit::create(&db, &name, &source, &reader.columns.names, &options).await? {
+    // One shell word: spaces and the like in a file name become dashes.
+    let stem: String = source
+        .stem()
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let stamp = format!("{}-{}", stem, chrono::Utc::now().format("%Y%m%dT%H%M%SZ"));
+    // A name given with --batch is refused when taken; a default one taken
+    // (two runs of one file within a second) gets -2, -3, ...
+    let candidates: Vec<String> = match &a.batch {
+        Some(name) => vec![name.clone()],
+        None => std::iter::once(stamp.clone())
+            .chain((2..100).map(|n| format!("{stamp}-{n}")))
+            .collect(),
+    };
+    let mut claimed = None;
+    for name in &candidates {
+        // Held until this process ends: a `resume` of this batch meanwhile refuses.
+        let claim = match db.lock_batch(name) {
+            Err(crate::audit::ClaimError::Busy(_)) if a.batch.is_none() => continue,
+            other => other?,
+        };
+        if audit::create(&db, name, &source, &reader.columns.names, &options).await? {
+            claimed = Some((name.clone(), claim));
+            break;
+        }
+    }
+    let Some((name, _claim)) = claimed else {
+        let name = &candidates[0];
         return Err(usage(format_args!(
             "batch {name:?} already exists in {}; to continue it: convoy resume {}",
             g.db.display(),
-            crate::text::shell_quote(&name)
+            crate::text::shell_quote(name)
         )));
-    }
+    };
     let columns = reader.columns.names.clone();
     let cancel = CancellationToken::new();
     super::on_signals(cancel.clone(), name.clone());

@@ -692,3 +692,35 @@ async fn a_nearly_full_disk_is_refused_before_planning() {
         .await
         .expect(0);
 }
+
+/// Two runs of one file within a second got the same default batch name:
+/// the second exited 2, "already exists" (found by the realworld benchmark).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runs_of_one_file_in_one_second_get_two_batches() {
+    let w = Work::new();
+    w.write("n.csv", "op,conversation_id\nattention.archive,c1\n");
+    let (a, b) = tokio::join!(
+        w.run(None, &["run", "n.csv", "--sandbox"]),
+        w.run(None, &["run", "n.csv", "--sandbox"])
+    );
+    a.expect(0);
+    b.expect(0);
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM batches")
+        .fetch_one(&w.db().await)
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    // A name given with --batch is still refused when taken.
+    w.run(None, &["run", "n.csv", "--sandbox", "--batch", "x"])
+        .await
+        .expect(0);
+    let again = w
+        .run(None, &["run", "n.csv", "--sandbox", "--batch", "x"])
+        .await;
+    again.expect(2);
+    assert!(
+        again.stderr().contains("already exists"),
+        "{}",
+        again.stderr()
+    );
+}
