@@ -53,8 +53,10 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode, crate::cmd::Error> {
         quiet: quiet || sub_quiet,
     };
     match command {
-        Command::Run(a) => crate::cmd::run::run(&global(&a.db, a.quiet.quiet), a).await,
-        Command::Resume(a) => crate::cmd::resume::run(&global(&a.db, a.quiet.quiet), a).await,
+        Command::Run(a) => crate::cmd::run::run(&global(&a.out.db, a.out.quiet.quiet), a).await,
+        Command::Resume(a) => {
+            crate::cmd::resume::run(&global(&a.out.db, a.out.quiet.quiet), a).await
+        }
         Command::Status(a) => crate::cmd::status::run(&global(&a.db, false), a).await,
         Command::Failures(a) => crate::cmd::failures::run(&global(&a.db, false), a).await,
         Command::Sandbox(a) => crate::cmd::sandbox::run(a).await,

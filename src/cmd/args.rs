@@ -20,6 +20,20 @@ pub struct DbArg {
     pub db: Option<PathBuf>,
 }
 
+/// What `run` and `resume` print, and where the database is.
+#[derive(Debug, Args, Clone, Default)]
+pub struct BatchOutput {
+    /// Print the finished batch as `convoy status NAME --json` does, and nothing else on stdout.
+    #[arg(long, help_heading = "Audit and output")]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub db: DbArg,
+
+    #[command(flatten)]
+    pub quiet: QuietArg,
+}
+
 /// `--quiet`, for the commands that show progress.
 #[derive(Debug, Args, Clone, Default)]
 pub struct QuietArg {

@@ -24,19 +24,12 @@ pub struct ResumeArgs {
     #[command(flatten)]
     pub exec: ExecArgs,
 
-    /// Print the finished batch as `convoy status NAME --json` does, and nothing else on stdout.
-    #[arg(long)]
-    pub json: bool,
-
     #[command(flatten)]
-    pub db: super::args::DbArg,
-
-    #[command(flatten)]
-    pub quiet: super::args::QuietArg,
+    pub out: super::args::BatchOutput,
 }
 
 pub async fn run(g: &Global, a: ResumeArgs) -> Result<ExitCode, super::Error> {
-    if a.json {
+    if a.out.json {
         crate::output::text_to_stderr();
     }
     if !g.db.exists() {
@@ -158,6 +151,6 @@ pub async fn run(g: &Global, a: ResumeArgs) -> Result<ExitCode, super::Error> {
         endpoints: &endpoints,
     };
     let code = send_batch(g, &b, &plan, sandbox.is_some(), true, cancel).await?;
-    super::print_json(a.json, &db, &rec.id).await?;
+    super::print_json(a.out.json, &db, &rec.id).await?;
     Ok(code)
 }

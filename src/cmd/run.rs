@@ -35,19 +35,12 @@ pub struct RunArgs {
     #[command(flatten)]
     pub exec: ExecArgs,
 
-    /// Print the finished batch as `convoy status NAME --json` does, and nothing else on stdout.
-    #[arg(long)]
-    pub json: bool,
-
     #[command(flatten)]
-    pub db: super::args::DbArg,
-
-    #[command(flatten)]
-    pub quiet: super::args::QuietArg,
+    pub out: super::args::BatchOutput,
 }
 
 pub async fn run(g: &Global, a: RunArgs) -> Result<ExitCode, super::Error> {
-    if a.json {
+    if a.out.json {
         crate::output::text_to_stderr();
     }
     let options = match super::args::resolve(&a.exec, &a.input, None) {
@@ -150,7 +143,7 @@ pub async fn run(g: &Global, a: RunArgs) -> Result<ExitCode, super::Error> {
     // Rows from a `convoy failures` export must not undo newer edits.
     let from_export = columns.iter().any(|c| c == "from_batch");
     let code = send_batch(g, &b, &plan, sandbox.is_some(), from_export, cancel).await?;
-    super::print_json(a.json, &db, &name).await?;
+    super::print_json(a.out.json, &db, &name).await?;
     Ok(code)
 }
 

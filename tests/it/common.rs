@@ -161,6 +161,16 @@ pub fn contains(hay: &[u8], needle: &str) -> bool {
     hay.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
+/// A CSV of `attention` Attention rows (`a0`, `a1`, ...) then `vg` VG rows
+/// (`v0`, ... of agent `agent`), under the header `op,conversation_id,agent_id,state`.
+pub fn mixed_rows(attention: usize, vg: usize) -> Vec<String> {
+    let mut rows: Vec<String> = (0..attention)
+        .map(|i| format!("attention.archive,a{i},,"))
+        .collect();
+    rows.extend((0..vg).map(|i| format!("vg.update,v{i},agent,open")));
+    rows
+}
+
 /// A CSV from a header and rows.
 pub fn csv(header: &str, rows: &[String]) -> String {
     let mut s = String::from(header);

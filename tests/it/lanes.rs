@@ -10,10 +10,7 @@ use crate::common::*;
 async fn a_slow_api_never_delays_the_other_apis_rows() {
     let sb = plain_sandbox().await;
     let w = Work::new();
-    let mut rows: Vec<String> = (0..30)
-        .map(|i| format!("attention.archive,a{i},,"))
-        .collect();
-    rows.extend((0..20).map(|i| format!("vg.update,v{i},agent,open")));
+    let rows = mixed_rows(30, 20);
     let src = w.write("l.csv", &csv("op,conversation_id,agent_id,state", &rows));
     let args = [
         "run",

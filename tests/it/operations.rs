@@ -8,10 +8,7 @@ use crate::common::*;
 async fn a_canary_sends_exactly_n_rows_and_resume_sends_the_rest() {
     let sb = plain_sandbox().await;
     let w = Work::new();
-    let mut rows: Vec<String> = (0..12)
-        .map(|i| format!("attention.archive,a{i},,"))
-        .collect();
-    rows.extend((0..8).map(|i| format!("vg.update,v{i},agent,open")));
+    let mut rows = mixed_rows(12, 8);
     // Mixed APIs in source order: the first five are a0..a4.
     rows.swap(3, 15);
     w.write("n.csv", &csv("op,conversation_id,agent_id,state", &rows));
