@@ -28,6 +28,10 @@ pub enum Command {
     Run(crate::cmd::run::RunArgs),
     /// Continue a batch: send every row that has not succeeded.
     Resume(crate::cmd::resume::ResumeArgs),
+    /// Read the live state of every conversation a source touches and show what each row would change; sends no write.
+    Plan(crate::cmd::plan::PlanArgs),
+    /// Send a planned batch: every row that changes something.
+    Apply(crate::cmd::apply::ApplyArgs),
     /// Show all batches, or one batch in detail.
     Status(crate::cmd::status::StatusArgs),
     /// Export a batch's failed, invalid and pending rows as CSV, ready to fix and run again.
@@ -57,6 +61,8 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode, crate::cmd::Error> {
         Command::Resume(a) => {
             crate::cmd::resume::run(&global(&a.out.db, a.out.quiet.quiet), a).await
         }
+        Command::Plan(a) => crate::cmd::plan::run(&global(&a.out.db, a.out.quiet.quiet), a).await,
+        Command::Apply(a) => crate::cmd::apply::run(&global(&a.out.db, a.out.quiet.quiet), a).await,
         Command::Status(a) => crate::cmd::status::run(&global(&a.db, false), a).await,
         Command::Failures(a) => crate::cmd::failures::run(&global(&a.db, false), a).await,
         Command::Sandbox(a) => crate::cmd::sandbox::run(a).await,

@@ -12,6 +12,7 @@
 //! | [`edit`] | the row model (`Api`, `Op`, `Edit`) and validating a row into an edit |
 //! | `source` | reading rows from CSV (any delimiter, any encoding), stdin or a SQLite table, streamed |
 //! | [`call`] | the request builder (edit → method, URL, body); endpoints, keys, secrets |
+//! | `live` | live state: a conversation as read, and what each row's call does to it (replay, diffs, verifying reads) |
 //! | `pacer` | pacing one API: fixed rates, `Retry-After` pauses, `auto` |
 //! | [`audit`] | the audit database: every query, the batch records, the single batched writer, batch locks; `audit::report` reads it back (batch list, detail, failure clusters, CSV export) |
 //! | `options` | a batch's effective options, as recorded |
@@ -28,6 +29,7 @@ pub mod call;
 pub mod cli;
 pub mod cmd;
 pub mod edit;
+pub(crate) mod live;
 pub(crate) mod options;
 pub mod output;
 pub(crate) mod pacer;

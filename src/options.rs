@@ -43,6 +43,39 @@ pub struct Options {
     /// `--encoding`, by its canonical name.
     #[serde(default)]
     pub encoding: Option<String>,
+    /// What the batch does with the conversations' live state (section 8).
+    #[serde(default)]
+    pub live: Live,
+    /// `--changed-only`: a row repeating the last call that succeeded on its conversation is skipped.
+    #[serde(default)]
+    pub changed_only: bool,
+}
+
+/// What a batch does with live state before each conversation's first edit.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Live {
+    /// Nothing: rows are sent as planned.
+    #[default]
+    Off,
+    /// `convoy plan`: read each conversation, judge every row, send no write.
+    Plan,
+    /// `--skip-unchanged`: read each conversation just before its first
+    /// edit; send only the rows that change something.
+    SkipUnchanged,
+    /// `--capture-before`: read each conversation just before its first
+    /// edit (its pre-image, for `undo`), then send every row.
+    CaptureBefore,
+    /// An undo batch: read each conversation first, and leave it alone when
+    /// it no longer holds what the undone batch left (unless `force`).
+    Undo { force: bool },
+}
+
+impl Live {
+    /// Whether conversations are read before their first edit.
+    pub fn reads(self) -> bool {
+        self != Live::Off
+    }
 }
 
 fn default_breaker_share() -> f64 {

@@ -272,14 +272,16 @@ pub async fn reconcile(
             out.plan.rows += 1;
             let hash = reader.columns.row_hash(row);
             match recorded.get(key) {
-                Some((status, old)) if status == "succeeded" => {
+                // Succeeded, or judged to change nothing: never sent again.
+                Some((status, old)) if status == "succeeded" || status == "skipped" => {
                     if *old != hash {
                         out.changed_after_success += 1;
                         notes += 1;
                         if notes <= SHOWN {
                             progress.println(&format!(
-                                "warning: row {} (row_id {key}) changed since it succeeded; it is not sent again",
-                                row.number
+                                "warning: row {} (row_id {key}) changed since it {}; it is not sent again",
+                                row.number,
+                                if status == "skipped" { "was skipped (it changed nothing)" } else { "succeeded" }
                             ));
                         }
                     }
@@ -311,7 +313,7 @@ pub async fn carry_over(db: &Db, batch_id: &str, pass: i64) -> anyhow::Result<Pl
         sum.rows += n as u64;
         match (status.as_str(), api.as_deref().and_then(Api::parse)) {
             ("invalid", _) => sum.invalid += n as u64,
-            ("succeeded", _) => {}
+            ("succeeded" | "skipped", _) => {}
             (_, Some(api)) => sum.per_api[api as usize] += n as u64,
             _ => {}
         }

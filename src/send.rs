@@ -7,16 +7,20 @@
 //! stopping that API. Every attempt and outcome goes to the [`Writer`];
 //! workers hold no timing logic of their own beyond the backoff delay.
 
-use crate::audit::{self, AttemptRecord, Db, Outcome, RowStatus, Snapshot, Writer, tally};
+use crate::audit::{
+    self, AttemptRecord, Db, Outcome, ReadRecord, RowStatus, Snapshot, Writer, tally,
+};
 use crate::call::{Endpoint, Endpoints};
 use crate::edit::Api;
-use crate::options::Options;
+use crate::live;
+use crate::options::{Live, Options};
 use crate::pacer::Pacer;
 use crate::pacer::RateSpec;
 use crate::progress::{Counters, Progress};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RETRY_AFTER};
+use serde_json::{Map, Value};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -37,6 +41,159 @@ pub struct Job {
     pub conversation_id: Arc<str>,
     /// Attempts made on earlier runs of the batch.
     pub prior_attempts: u32,
+    pub op: Arc<str>,
+    pub agent_id: Option<String>,
+    /// `GET` of the row's conversation.
+    pub read_url: String,
+    /// Left `in_flight` by an earlier pass: its outcome is unknown.
+    pub in_doubt: bool,
+    /// The batch already holds a pre-image of the conversation.
+    pub pre_image: bool,
+    /// The row's recorded changes (an undo row: from what, to what).
+    pub changes: Option<String>,
+    /// For a row in doubt: the last snapshot convoy recorded of its
+    /// conversation before it (what a confirmation's count is compared with).
+    pub before: Option<String>,
+}
+
+impl Job {
+    fn call(&self) -> live::Call<'_> {
+        live::Call {
+            op: &self.op,
+            body: self.body.as_deref(),
+        }
+    }
+}
+
+/// What `error` says of a row settled by a read.
+pub const VERIFIED: &str = "verified by a read: left in flight by an earlier run, and its effect was already visible, so it was not sent again";
+
+/// What judging a row against live state decided.
+enum Judged {
+    /// Recorded already (skipped, verified, a plan's verdict): nothing to send.
+    Done,
+    /// Stopped before it could be judged (interrupted, or the API stopped).
+    Stopped,
+    /// Send it; with `--skip-unchanged`, the changes it makes (JSON).
+    Send(Option<String>),
+}
+
+/// How one call's attempts ended.
+enum End {
+    Success,
+    /// A final answer, or the attempts ran out (with a note saying so).
+    Failed(Option<String>),
+    /// Not answered: interrupted or the API stopped; back to `pending`.
+    Pending(Option<String>),
+    /// The audit database failed before the call could be marked: nothing sent.
+    Abandoned,
+    /// A failure that may hide an applied call: the caller may read before retrying.
+    Ambiguous,
+}
+
+/// Where one call's attempts stand, across the exchanges of a pass.
+struct Budget {
+    /// Attempts spent from this pass's budget: one made while the API is
+    /// down is not spent (it is still recorded).
+    spent: u32,
+    /// Attempts in all, earlier passes included.
+    attempt: u32,
+    marked: bool,
+    last: Option<Attempted>,
+}
+
+impl Budget {
+    fn new(prior_attempts: u32) -> Budget {
+        Budget {
+            spent: 0,
+            attempt: prior_attempts,
+            marked: false,
+            last: None,
+        }
+    }
+}
+
+/// A conversation's state as this batch knows it: as read (or left by the
+/// batch's own edits since), or why it is not known.
+#[derive(Clone, Debug)]
+struct Known {
+    state: Option<live::State>,
+    /// Why there is no state (a 404, a failed read).
+    note: Option<String>,
+    http_status: Option<u16>,
+    /// Each of the conversation's rows judged, by row id (`plan`, `--skip-unchanged`).
+    verdicts: Arc<HashMap<i64, live::Verdict>>,
+}
+
+impl Known {
+    /// The row's verdict; `None` when the conversation could not be read.
+    fn verdict(&self, job: &Job) -> Option<live::Verdict> {
+        let state = self.state.as_ref()?;
+        Some(match self.verdicts.get(&job.id) {
+            Some(v) => v.clone(),
+            // Not among the rows judged at the read: judged alone.
+            None => live::judge_all(&[(0, job.call())], state).remove(0),
+        })
+    }
+}
+
+/// The states of the conversations a lane is working through, the most
+/// recent [`STATES_KEPT`] of them: a conversation whose rows are further
+/// apart than that is read again.
+#[derive(Default)]
+struct States {
+    map: HashMap<(Api, Arc<str>), Known>,
+    order: VecDeque<(Api, Arc<str>)>,
+}
+
+const STATES_KEPT: usize = 4096;
+
+impl States {
+    fn get(&self, key: &(Api, Arc<str>)) -> Option<Known> {
+        self.map.get(key).cloned()
+    }
+
+    fn put(&mut self, key: (Api, Arc<str>), known: Known) {
+        if self.map.insert(key.clone(), known).is_none() {
+            self.order.push_back(key);
+            if self.order.len() > STATES_KEPT
+                && let Some(old) = self.order.pop_front()
+            {
+                self.map.remove(&old);
+            }
+        }
+    }
+}
+
+/// A row's outcome; `extra` says more than its last attempt's error.
+fn outcome(
+    job: &Job,
+    status: RowStatus,
+    last: Option<Attempted>,
+    attempts: u32,
+    extra: Option<String>,
+    changes: Option<String>,
+) -> Outcome {
+    let (http_status, error, response, snapshot) = match last {
+        Some(a) => (a.http_status, a.error, a.response, a.snapshot),
+        None => (None, None, None, None),
+    };
+    let error = match (extra, error) {
+        (Some(x), Some(e)) => Some(format!("{x} (last attempt: {e})")),
+        (Some(x), None) => Some(x),
+        (None, e) => e,
+    };
+    Outcome {
+        id: job.id,
+        row_key: job.row_key.clone(),
+        status,
+        attempts,
+        http_status,
+        error,
+        response,
+        snapshot,
+        changes,
+    }
 }
 
 /// The settings of one execution.
@@ -369,6 +526,11 @@ pub struct Executor {
     attention: ApiLane,
     vg: ApiLane,
     stops: Mutex<Vec<Stop>>,
+    /// What the batch does with live state.
+    pub live: Live,
+    states: Mutex<States>,
+    /// The batch and pass, for judging a conversation's rows together.
+    batch: Option<(Db, String, i64)>,
 }
 
 /// How long before its slot a row's `in_flight` mark is committed: about a
@@ -398,6 +560,9 @@ impl Executor {
             attention,
             vg,
             stops: Mutex::new(Vec::new()),
+            live: Live::Off,
+            states: Mutex::new(States::default()),
+            batch: None,
         }
     }
 
@@ -565,40 +730,341 @@ impl Executor {
         }
     }
 
-    /// One row: attempts until success, a final answer, or the attempts run out.
+    /// One row. When the batch reads live state, its conversation is read
+    /// first (once) and the row judged; a row left in flight by a crash is
+    /// settled by a read when its effect is already visible. Then attempts
+    /// until success, a final answer, or the attempts run out.
     async fn work(&self, job: Job) {
-        let lane = self.lane(job.api);
-        let mut attempt = job.prior_attempts;
-        let mut last: Option<Attempted> = None;
-        let finish = |status, last: Option<Attempted>, attempt, extra: Option<String>| {
-            let (http_status, error, response, snapshot) = match last {
-                Some(a) => (a.http_status, a.error, a.response, a.snapshot),
-                None => (None, None, None, None),
-            };
-            let error = match (extra, error) {
-                (Some(x), Some(e)) => Some(format!("{x} (last attempt: {e})")),
-                (Some(x), None) => Some(x),
-                (None, e) => e,
-            };
-            Outcome {
-                id: job.id,
-                row_key: job.row_key.clone(),
-                status,
-                attempts: attempt,
-                http_status,
-                error,
-                response,
-                snapshot,
+        if job.in_doubt {
+            match self.verify(&job, job.prior_attempts).await {
+                Judged::Done => return,
+                Judged::Stopped => return self.left_pending(self.unsent(&job, None)).await,
+                Judged::Send(_) => {}
+            }
+        }
+        let judged = match self.live {
+            Live::Off => Judged::Send(None),
+            Live::Plan => return self.plan_only(&job).await,
+            Live::CaptureBefore => match job.pre_image {
+                true => Judged::Send(None),
+                false => match self.state_of(&job, "pre_image").await {
+                    Some(_) => Judged::Send(None),
+                    None => Judged::Stopped,
+                },
+            },
+            Live::SkipUnchanged => self.skip_if_unchanged(&job).await,
+            Live::Undo { force } => self.check_before_undo(&job, force).await,
+        };
+        let changes = match judged {
+            Judged::Done => return,
+            Judged::Stopped => return self.left_pending(self.unsent(&job, None)).await,
+            Judged::Send(changes) => changes,
+        };
+        // A CRM confirmation always adds: before sending it again after a
+        // failure that may hide its success, read whether it landed.
+        let adds = &*job.op == "attention.confirm_crm";
+        let mut b = Budget::new(job.prior_attempts);
+        let end = loop {
+            match self.exchange(&job, true, &mut b, adds).await {
+                End::Ambiguous => match self.verify(&job, b.attempt).await {
+                    Judged::Done => return,
+                    Judged::Stopped => break End::Pending(None),
+                    Judged::Send(_) => {}
+                },
+                end => break end,
             }
         };
+        let ex = b;
+        let status = match end {
+            End::Abandoned | End::Ambiguous => return,
+            End::Pending(note) => {
+                let o = outcome(&job, RowStatus::Pending, ex.last, ex.attempt, note, changes);
+                return self.left_pending(o).await;
+            }
+            End::Success => RowStatus::Succeeded,
+            End::Failed(_) => RowStatus::Failed,
+        };
+        if status == RowStatus::Succeeded {
+            self.counters.succeeded.fetch_add(1, Relaxed);
+            self.judge(job.api, None);
+        } else {
+            if let Some(a) = ex
+                .last
+                .as_ref()
+                .filter(|a| !matches!(a.verdict, Verdict::AuthRejected(_)))
+            {
+                self.judge(
+                    job.api,
+                    Some((a.http_status, a.error.as_deref().unwrap_or(""))),
+                );
+            }
+            self.counters.failed.fetch_add(1, Relaxed);
+        }
+        self.counters.done.fetch_add(1, Relaxed);
+        let note = match end {
+            End::Failed(note) => note,
+            _ => None,
+        };
+        let _ = self
+            .recorder
+            .finished(outcome(&job, status, ex.last, ex.attempt, note, changes))
+            .await;
+    }
+
+    /// A row's outcome that leaves it unsent (back to `pending`).
+    fn unsent(&self, job: &Job, note: Option<String>) -> Outcome {
+        outcome(
+            job,
+            RowStatus::Pending,
+            None,
+            job.prior_attempts,
+            note,
+            None,
+        )
+    }
+
+    /// Records a row judged without sending it (`skipped`, or a plan's verdict).
+    async fn judged(&self, job: &Job, status: RowStatus, note: String, changes: Option<String>) {
+        self.counters.done.fetch_add(1, Relaxed);
+        let mut o = outcome(job, status, None, job.prior_attempts, None, changes);
+        o.error = Some(note);
+        let _ = self.recorder.finished(o).await;
+    }
+
+    /// `convoy plan`: the row judged on its conversation's state; nothing sent.
+    async fn plan_only(&self, job: &Job) {
+        let Some(known) = self.state_of(job, "pre_image").await else {
+            return self.left_pending(self.unsent(job, None)).await;
+        };
+        match known.verdict(job) {
+            None => {
+                self.counters.failed.fetch_add(1, Relaxed);
+                let note = known.note.unwrap_or_default();
+                self.judged(job, RowStatus::Pending, note, None).await
+            }
+            Some(live::Verdict::Skip(why)) => self.judged(job, RowStatus::Skipped, why, None).await,
+            Some(live::Verdict::Changes(c)) => {
+                self.counters.succeeded.fetch_add(1, Relaxed);
+                self.counters.done.fetch_add(1, Relaxed);
+                let changes = Some(Value::Object(c).to_string());
+                let o = outcome(
+                    job,
+                    RowStatus::Pending,
+                    None,
+                    job.prior_attempts,
+                    None,
+                    changes,
+                );
+                let _ = self.recorder.finished(o).await;
+            }
+        }
+    }
+
+    /// `--skip-unchanged`: skip the row when it changes nothing.
+    async fn skip_if_unchanged(&self, job: &Job) -> Judged {
+        let purpose = if job.pre_image { "state" } else { "pre_image" };
+        let Some(known) = self.state_of(job, purpose).await else {
+            return Judged::Stopped;
+        };
+        match known.verdict(job) {
+            // Not readable: sent as a plain run would send it.
+            None => Judged::Send(None),
+            Some(live::Verdict::Skip(why)) => {
+                self.judged(job, RowStatus::Skipped, why, None).await;
+                Judged::Done
+            }
+            Some(live::Verdict::Changes(c)) => Judged::Send(Some(Value::Object(c).to_string())),
+        }
+    }
+
+    /// An undo row: sent only when the conversation still holds what the
+    /// undone batch left in the fields it puts back (or with `--force`).
+    async fn check_before_undo(&self, job: &Job, force: bool) -> Judged {
+        let Some(known) = self.state_of(job, "check").await else {
+            return Judged::Stopped;
+        };
+        let expected: Map<String, Value> = job
+            .changes
+            .as_deref()
+            .and_then(|c| serde_json::from_str(c).ok())
+            .unwrap_or_default();
+        let Some(state) = known.state else {
+            let note = format!(
+                "not undone: the conversation could not be read first ({})",
+                known.note.unwrap_or_default()
+            );
+            self.counters.failed.fetch_add(1, Relaxed);
+            self.judged(job, RowStatus::Failed, note, None).await;
+            return Judged::Done;
+        };
+        let moved: Vec<String> = expected
+            .iter()
+            .filter(|(k, c)| state.get(*k).unwrap_or(&Value::Null) != &c["before"])
+            .map(|(k, c)| {
+                format!(
+                    "{k} is {} now, not {} as the batch left it",
+                    live::compact(state.get(k).unwrap_or(&Value::Null)),
+                    live::compact(&c["before"])
+                )
+            })
+            .collect();
+        if !moved.is_empty() && !force {
+            let note = format!(
+                "conflict: changed since the batch ({}); left alone (--force undoes it anyway)",
+                moved.join("; ")
+            );
+            self.judged(job, RowStatus::Skipped, note, None).await;
+            return Judged::Done;
+        }
+        Judged::Send(None)
+    }
+
+    /// A row left `in_flight` by a crash: read its conversation; when the
+    /// row's effect is already there, it succeeded (verified by a read) and
+    /// is not sent again.
+    async fn verify(&self, job: &Job, attempts: u32) -> Judged {
+        let call = job.call();
+        let Some(known) = self.read(job, "verify").await else {
+            return Judged::Stopped;
+        };
+        let before = job
+            .before
+            .as_deref()
+            .and_then(|s| live::state_of_snapshot(job.api, s));
+        match known.state {
+            Some(now) if live::visible(&call, &now, before.as_ref()) => {
+                self.counters.succeeded.fetch_add(1, Relaxed);
+                self.counters.done.fetch_add(1, Relaxed);
+                let o = Outcome {
+                    error: Some(VERIFIED.into()),
+                    http_status: known.http_status,
+                    ..outcome(job, RowStatus::Succeeded, None, attempts, None, None)
+                };
+                let _ = self.recorder.finished(o).await;
+                Judged::Done
+            }
+            _ => Judged::Send(None),
+        }
+    }
+
+    /// The conversation's state for this batch: kept from earlier in the
+    /// batch, or read now (one GET, paced and recorded as `purpose`).
+    /// `None`: the read was stopped (interrupted, or the API stopped).
+    async fn state_of(&self, job: &Job, purpose: &'static str) -> Option<Known> {
+        let key = (job.api, job.conversation_id.clone());
+        if let Some(known) = self.states().get(&key) {
+            return Some(known);
+        }
+        let mut known = self.read(job, purpose).await?;
+        if let (Some(state), Some((db, batch_id, pass)), Live::Plan | Live::SkipUnchanged) =
+            (&known.state, &self.batch, self.live)
+        {
+            // Best effort: without the rows, each is judged alone.
+            let rows =
+                audit::conversation_rows(db, batch_id, *pass, job.api, &job.conversation_id).await;
+            if let Ok(rows) = rows {
+                let calls: Vec<(i64, live::Call)> = rows
+                    .iter()
+                    .map(|r| {
+                        let call = live::Call {
+                            op: r.op.as_deref().unwrap_or_default(),
+                            body: r.request_body.as_deref(),
+                        };
+                        (r.row_number, call)
+                    })
+                    .collect();
+                let verdicts = live::judge_all(&calls, state);
+                known.verdicts = Arc::new(rows.iter().map(|r| r.id).zip(verdicts).collect());
+            }
+        }
+        self.keep(job, known.clone());
+        Some(known)
+    }
+
+    fn states(&self) -> std::sync::MutexGuard<'_, States> {
+        self.states.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn keep(&self, job: &Job, known: Known) {
+        self.states()
+            .put((job.api, job.conversation_id.clone()), known);
+    }
+
+    /// One read of the row's conversation, through the lane like any call,
+    /// recorded in `reads` (committed before this returns).
+    async fn read(&self, job: &Job, purpose: &'static str) -> Option<Known> {
+        let url = job.read_url.clone();
+        let get = Job {
+            method: reqwest::Method::GET,
+            url: url.clone(),
+            body: None,
+            prior_attempts: 0,
+            ..job.clone()
+        };
+        let mut b = Budget::new(0);
+        let end = self.exchange(&get, false, &mut b, false).await;
+        let (http_status, error, response) = match b.last {
+            Some(a) => (a.http_status, a.error, a.response),
+            None => (None, None, None),
+        };
+        if matches!(end, End::Pending(_) | End::Abandoned | End::Ambiguous) {
+            return None;
+        }
+        let state = match end {
+            End::Success => response
+                .as_deref()
+                .and_then(|r| live::conversation_of(job.api, r)),
+            _ => None,
+        };
+        let note = match (&state, http_status) {
+            (Some(_), _) => None,
+            (None, Some(404)) => Some(format!(
+                "would fail: the {} API does not know this conversation (HTTP 404 on reading it)",
+                job.api
+            )),
+            (None, _) => Some(format!(
+                "not judged: the conversation could not be read ({})",
+                error.as_deref().unwrap_or("no conversation in the answer")
+            )),
+        };
+        let record = ReadRecord {
+            api: job.api,
+            conversation_id: job.conversation_id.clone(),
+            agent_id: job.agent_id.clone(),
+            purpose,
+            row_key: job.row_key.clone(),
+            url,
+            attempts: b.attempt,
+            http_status,
+            error,
+            state: state.as_ref().map(|s| Value::Object(s.clone()).to_string()),
+        };
+        if self.recorder.read(record).await.is_err() {
+            self.cancel.cancel();
+            return None;
+        }
+        Some(Known {
+            state,
+            note,
+            http_status,
+            verdicts: Arc::default(),
+        })
+    }
+
+    /// Attempts one call until success, a final answer, or the attempts run
+    /// out. A `write` is marked `in_flight` before its first slot and its
+    /// attempts recorded; a read is neither (its one record is the caller's).
+    async fn exchange(&self, job: &Job, write: bool, b: &mut Budget, ambiguous_stops: bool) -> End {
+        let lane = self.lane(job.api);
         // `in_flight` means "may be on the wire": the mark is committed in
         // the last moments before the row's first slot (below), not while
         // it queues for the pace.
-        let mut marked = false;
-        // Attempts spent from this pass's budget: one made while the API is
-        // down is not spent (it is still recorded).
-        let mut n = 0u32;
-        while n < self.settings.max_attempts {
+        if !write {
+            b.marked = true;
+        }
+        while b.spent < self.settings.max_attempts {
+            let n = b.spent;
+            let last = &b.last;
             if n > 0 {
                 // Backoff with jitter; a Retry-After pause is held by the pacer.
                 let exp = self
@@ -629,59 +1095,41 @@ impl Executor {
                 }
                 self.counters.retrying.fetch_sub(1, Relaxed);
                 if !woke {
-                    return self
-                        .left_pending(finish(
-                            RowStatus::Pending,
-                            last,
-                            attempt,
-                            Some("interrupted before the next retry".into()),
-                        ))
-                        .await;
+                    let why = "interrupted before the next retry".to_owned();
+                    return End::Pending(Some(why));
                 }
             }
             let slot = tokio::select! {
                 slot = lane.pacer.reserve(MARK_LEAD) => Some(slot),
                 _ = self.cancel.cancelled() => None,
             };
-            let go = slot.is_some();
-            if let Some(slot) = slot {
-                if !marked {
-                    // The slot is taken: commit the mark while its time comes,
-                    // so the wire waits for no commit (unless the commit is slow).
-                    let (mark, ()) = tokio::join!(
-                        self.recorder.in_flight(job.id),
-                        tokio::time::sleep_until(slot)
-                    );
-                    if mark.is_err() {
-                        // Without the mark committed the call must not go out;
-                        // the audit database failed, so nothing more is sent.
-                        self.cancel.cancel();
-                        return;
-                    }
-                    marked = true;
-                } else {
-                    tokio::time::sleep_until(slot).await;
+            let Some(slot) = slot else {
+                let why = (n > 0).then(|| "interrupted before it was sent".to_owned());
+                return End::Pending(why);
+            };
+            if !b.marked {
+                // The slot is taken: commit the mark while its time comes,
+                // so the wire waits for no commit (unless the commit is slow).
+                let (mark, ()) = tokio::join!(
+                    self.recorder.in_flight(job.id),
+                    tokio::time::sleep_until(slot)
+                );
+                if mark.is_err() {
+                    // Without the mark committed the call must not go out;
+                    // the audit database failed, so nothing more is sent.
+                    self.cancel.cancel();
+                    return End::Abandoned;
                 }
-            }
-            if !go {
-                let why = "interrupted before it was sent".to_owned();
-                return self
-                    .left_pending(finish(
-                        RowStatus::Pending,
-                        last,
-                        attempt,
-                        (n > 0).then_some(why),
-                    ))
-                    .await;
+                b.marked = true;
+            } else {
+                tokio::time::sleep_until(slot).await;
             }
             if self.is_stopped(job.api) {
                 let why = format!(
                     "not sent: the {} API was stopped earlier in this batch",
                     job.api
                 );
-                return self
-                    .left_pending(finish(RowStatus::Pending, last, attempt, Some(why)))
-                    .await;
+                return End::Pending(Some(why));
             }
             // While the API is down, one row at a time probes it.
             let _probe = if lane.outage().is_down() {
@@ -690,18 +1138,16 @@ impl Executor {
                     _ = self.cancel.cancelled() => None,
                 };
                 if permit.is_none() || self.is_stopped(job.api) {
-                    return self
-                        .left_pending(finish(RowStatus::Pending, last, attempt, None))
-                        .await;
+                    return End::Pending(None);
                 }
                 permit
             } else {
                 None
             };
             let sent = Instant::now();
-            attempt += 1;
-            n += 1;
-            let a = self.attempt(&job, lane).await;
+            b.attempt += 1;
+            b.spent += 1;
+            let a = self.attempt(job, lane).await;
             if a.http_status.is_some() {
                 lane.observe(sent.elapsed());
             }
@@ -712,11 +1158,11 @@ impl Executor {
             match wire {
                 Wire::Up => {}
                 Wire::Down { gap } => {
-                    n -= 1; // the API is down, not the row
+                    b.spent -= 1; // the API is down, not the row
                     lane.pacer.pause_until(Instant::now() + gap);
                 }
                 Wire::TooLong(down_for) => {
-                    n -= 1;
+                    b.spent -= 1;
                     self.stop(job.api, StopReason::Outage(down_for));
                 }
             }
@@ -737,56 +1183,44 @@ impl Executor {
                 Verdict::RateLimited => lane.pacer.on_429(sent),
                 _ => {}
             }
-            let _ = self
-                .recorder
-                .attempt(AttemptRecord {
-                    row_key: job.row_key.clone(),
-                    attempt,
-                    started_at: a.started_at.clone(),
-                    duration_ms: a.duration_ms,
-                    http_status: a.http_status,
-                    error: a.error.clone(),
-                })
-                .await;
-            last = Some(a);
+            if write {
+                let _ = self
+                    .recorder
+                    .attempt(AttemptRecord {
+                        row_key: job.row_key.clone(),
+                        attempt: b.attempt,
+                        started_at: a.started_at.clone(),
+                        duration_ms: a.duration_ms,
+                        http_status: a.http_status,
+                        error: a.error.clone(),
+                    })
+                    .await;
+            }
+            // A failure that may hide an applied call (the connection broke
+            // after the request went out, a timeout, a 5xx).
+            let ambiguous = verdict == Verdict::Retry && a.http_status != Some(408);
+            b.last = Some(a);
             match verdict {
-                Verdict::Success => {
-                    self.counters.succeeded.fetch_add(1, Relaxed);
-                    self.counters.done.fetch_add(1, Relaxed);
-                    self.judge(job.api, None);
-                    let _ = self
-                        .recorder
-                        .finished(finish(RowStatus::Succeeded, last, attempt, None))
-                        .await;
-                    return;
-                }
+                Verdict::Success => return End::Success,
                 Verdict::AuthRejected(code) => {
                     self.stop(job.api, StopReason::Auth(code));
                     break;
                 }
                 Verdict::Final => break,
+                Verdict::Retry if ambiguous && ambiguous_stops => {
+                    if b.spent < self.settings.max_attempts {
+                        return End::Ambiguous;
+                    }
+                }
                 Verdict::Retry | Verdict::RateLimited => {}
             }
         }
-        let exhausted = last
+        let exhausted = b
+            .last
             .as_ref()
             .is_some_and(|a| matches!(a.verdict, Verdict::Retry | Verdict::RateLimited));
-        let note = exhausted.then(|| format!("gave up after {attempt} attempts"));
-        if let Some(a) = last
-            .as_ref()
-            .filter(|a| !matches!(a.verdict, Verdict::AuthRejected(_)))
-        {
-            self.judge(
-                job.api,
-                Some((a.http_status, a.error.as_deref().unwrap_or(""))),
-            );
-        }
-        self.counters.failed.fetch_add(1, Relaxed);
-        self.counters.done.fetch_add(1, Relaxed);
-        let _ = self
-            .recorder
-            .finished(finish(RowStatus::Failed, last, attempt, note))
-            .await;
+        let note = exhausted.then(|| format!("gave up after {} attempts", b.attempt));
+        End::Failed(note)
     }
 
     async fn left_pending(&self, outcome: Outcome) {
@@ -1153,7 +1587,7 @@ pub async fn phase(
     let [attention, vg]: [ApiLane; 2] =
         lanes.try_into().map_err(|_| anyhow::anyhow!("two APIs"))?;
     let pacers = [attention.pacer.clone(), vg.pacer.clone()];
-    let executor = Arc::new(Executor::new(
+    let mut executor = Executor::new(
         client,
         Settings::of(options),
         recorder.clone(),
@@ -1161,7 +1595,10 @@ pub async fn phase(
         cancel.clone(),
         attention,
         vg,
-    ));
+    );
+    executor.live = options.live;
+    executor.batch = Some((db.clone(), batch_id.to_owned(), pass));
+    let executor = Arc::new(executor);
     let described = executor.clone();
     let progress = Progress::sending(counters.clone(), move || described.bounds(), quiet);
     // `--limit N`: the rows up to the Nth sendable one, in source order, whatever their API.
@@ -1174,7 +1611,15 @@ pub async fn phase(
     // own loop, so neither API ever waits for the other.
     let lanes = Api::ALL.map(|api| {
         let (tx, rx) = mpsc::channel(1024);
-        let feeder = tokio::spawn(feed(db.clone(), batch_id.to_owned(), pass, api, until, tx));
+        let base = endpoints.get(api).base.clone();
+        let feeder = tokio::spawn(feed(
+            db.clone(),
+            batch_id.to_owned(),
+            pass,
+            (api, base),
+            until,
+            tx,
+        ));
         let executor = executor.clone();
         async move {
             executor.run(api, rx).await;
@@ -1250,7 +1695,7 @@ async fn feed(
     db: Db,
     batch_id: String,
     pass: i64,
-    lane: Api,
+    (lane, base): (Api, String),
     until: Option<i64>,
     tx: mpsc::Sender<Job>,
 ) -> anyhow::Result<()> {
@@ -1273,6 +1718,7 @@ async fn feed(
                 audit::mark_unreadable(&db, r.id).await?;
                 continue;
             };
+            let read_url = live::read_url(api, &base, &conversation_id, r.agent_id.as_deref());
             let job = Job {
                 id: r.id,
                 row_key: Arc::from(r.row_key),
@@ -1282,6 +1728,13 @@ async fn feed(
                 body: r.request_body,
                 conversation_id: Arc::from(conversation_id),
                 prior_attempts: r.attempts as u32,
+                op: Arc::from(r.op.unwrap_or_default()),
+                agent_id: r.agent_id,
+                read_url,
+                in_doubt: r.status == "in_flight",
+                pre_image: r.pre_image,
+                changes: r.changes,
+                before: r.before,
             };
             if tx.send(job).await.is_err() {
                 return Ok(());

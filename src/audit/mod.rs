@@ -276,26 +276,53 @@ impl Tally {
 
 // ---- The batches table.
 
-/// Records a new batch; `false` when the name is taken.
+/// Records a new batch read from `source`; `false` when the name is taken.
 pub async fn create(
     db: &Db,
     id: &str,
     source: &crate::source::Source,
     columns: &[String],
     options: &impl Serialize,
+    status: BatchStatus,
+) -> anyhow::Result<bool> {
+    let origin = Origin {
+        location: source.location(),
+        kind: source.kind(),
+        table: source.table(),
+    };
+    create_from(db, id, &origin, columns, options, status).await
+}
+
+/// Where a batch's rows came from, as `batches` records it.
+pub struct Origin<'a> {
+    pub location: String,
+    /// `csv`, `stdin`, `sqlite`, or `undo` (built by `convoy undo`).
+    pub kind: &'static str,
+    pub table: Option<&'a str>,
+}
+
+/// Records a new batch; `false` when the name is taken.
+pub async fn create_from(
+    db: &Db,
+    id: &str,
+    origin: &Origin<'_>,
+    columns: &[String],
+    options: &impl Serialize,
+    status: BatchStatus,
 ) -> anyhow::Result<bool> {
     let done = sqlx::query(
         "INSERT INTO batches (id, source, source_kind, source_table, columns, status, created_at, options, pid) \
-         VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?9, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING",
     )
     .bind(id)
-    .bind(source.location())
-    .bind(source.kind())
-    .bind(source.table())
+    .bind(&origin.location)
+    .bind(origin.kind)
+    .bind(origin.table)
     .bind(serde_json::to_string(columns)?)
     .bind(now())
     .bind(serde_json::to_string(options)?)
     .bind(i64::from(std::process::id()))
+    .bind(status.as_str())
     .execute(&db.pool)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -306,6 +333,7 @@ pub async fn discard(db: &Db, id: &str) -> anyhow::Result<()> {
     let mut tx = db.pool.begin().await?;
     for sql in [
         "DELETE FROM audit WHERE batch_id = ?1",
+        "DELETE FROM reads WHERE batch_id = ?1",
         "DELETE FROM batches WHERE id = ?1",
     ] {
         sqlx::query(sql).bind(id).execute(&mut *tx).await?;
@@ -418,6 +446,8 @@ pub async fn begin_pass(db: &Db, id: &str, options: &impl Serialize) -> anyhow::
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BatchStatus {
+    /// Made by `convoy plan`: judged against live state, nothing sent yet.
+    Planned,
     Running,
     Completed,
     Failed,
@@ -433,6 +463,7 @@ impl std::fmt::Display for BatchStatus {
 impl BatchStatus {
     pub fn as_str(self) -> &'static str {
         match self {
+            BatchStatus::Planned => "planned",
             BatchStatus::Running => "running",
             BatchStatus::Completed => "completed",
             BatchStatus::Failed => "failed",
@@ -517,7 +548,8 @@ fn planned_sql(rows: usize, upsert: bool) -> String {
             " ON CONFLICT (batch_id, row_key) DO UPDATE SET row_number = excluded.row_number, \
              row_hash = excluded.row_hash, op = excluded.op, api = excluded.api, \
              conversation_id = excluded.conversation_id, agent_id = excluded.agent_id, method = excluded.method, \
-             url = excluded.url, request_body = excluded.request_body, status = excluded.status, \
+             url = excluded.url, request_body = excluded.request_body, \
+             status = CASE WHEN audit.status = 'in_flight' AND excluded.status = 'pending' THEN 'in_flight' ELSE excluded.status END, \
              error = COALESCE(excluded.error, audit.error), source_row = excluded.source_row, pass = excluded.pass",
         );
     }
@@ -633,7 +665,7 @@ pub async fn recorded_states(
 /// Unfinished rows of earlier passes that this pass did not find in the source.
 pub async fn left_behind(db: &Db, batch_id: &str, pass: i64) -> anyhow::Result<Vec<String>> {
     Ok(sqlx::query_scalar(
-        "SELECT row_key FROM audit WHERE batch_id = ?1 AND pass < ?2 AND status != 'succeeded' ORDER BY row_number",
+        "SELECT row_key FROM audit WHERE batch_id = ?1 AND pass < ?2 AND status NOT IN ('succeeded', 'skipped') ORDER BY row_number",
     )
     .bind(batch_id)
     .bind(pass)
@@ -745,6 +777,64 @@ pub async fn hold_older_edits(db: &Db, batch_id: &str, pass: i64) -> anyhow::Res
     Ok(held.rows_affected())
 }
 
+/// `--changed-only`: skips every sendable row of the pass whose exact call
+/// (method, URL, body) is, without reading anything:
+/// - the last call that succeeded on its conversation before it: the
+///   batch's previous row of that conversation, or else the newest
+///   succeeded row of another batch in this database (repeating a call
+///   right after itself changes nothing); or
+/// - part of a conversation whose whole sequence of calls in this batch is
+///   exactly the sequence the last batch to touch it made, every one of
+///   which succeeded (or was skipped): the same file run twice sends
+///   nothing the second time.
+///
+/// An edit made in the app since is not seen. Returns how many were skipped.
+pub async fn skip_repeated_calls(db: &Db, batch_id: &str, pass: i64) -> anyhow::Result<u64> {
+    const CALL: &str = "method || ' ' || url || ' ' || COALESCE(request_body, '')";
+    let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "WITH mine AS MATERIALIZED ( \
+           SELECT rowid AS id, api, conversation_id, row_number, status, pass, {CALL} AS call, \
+                  lag({CALL}) OVER w AS prev_call, lag(row_number) OVER w AS prev_row \
+           FROM audit WHERE batch_id = ?1 AND method IS NOT NULL AND conversation_id IS NOT NULL \
+           WINDOW w AS (PARTITION BY api, conversation_id ORDER BY row_number)), \
+         conv AS ( \
+           SELECT api, conversation_id, group_concat(call, char(10) ORDER BY row_number) AS seq, \
+             (SELECT n.batch_id FROM audit n JOIN batches nb ON nb.id = n.batch_id \
+              WHERE n.api = m.api AND n.conversation_id = m.conversation_id AND n.batch_id != ?1 \
+                AND n.status IN ('succeeded', 'skipped') ORDER BY nb.created_at DESC LIMIT 1) AS last_batch \
+           FROM mine m GROUP BY api, conversation_id), \
+         same AS ( \
+           SELECT c.api, c.conversation_id, c.last_batch FROM conv c WHERE c.last_batch IS NOT NULL \
+             AND c.seq = (SELECT group_concat(n.{CALL}, char(10) ORDER BY n.row_number) FROM audit n \
+                          WHERE n.batch_id = c.last_batch AND n.api = c.api AND n.conversation_id = c.conversation_id \
+                            AND n.method IS NOT NULL) \
+             AND NOT EXISTS (SELECT 1 FROM audit n WHERE n.batch_id = c.last_batch AND n.api = c.api \
+                             AND n.conversation_id = c.conversation_id AND n.method IS NOT NULL \
+                             AND n.status NOT IN ('succeeded', 'skipped'))), \
+         judged AS ( \
+           SELECT m.id, \
+             CASE WHEN s.last_batch IS NOT NULL THEN \
+               'no change: this conversation gets exactly the calls batch ' || s.last_batch || ' made, and they succeeded' \
+             WHEN m.prev_row IS NOT NULL THEN \
+               CASE WHEN m.prev_call = m.call THEN 'no change: the same call as row ' || m.prev_row || ' of this batch, just before it' END \
+             ELSE (SELECT 'no change: the same call was the last to succeed on this conversation (batch ' || n.batch_id || ', row ' || n.row_number || ')' \
+                   FROM (SELECT n.batch_id, n.row_number, n.{CALL} AS call FROM audit n \
+                         WHERE n.api = m.api AND n.conversation_id = m.conversation_id AND n.status = 'succeeded' \
+                           AND n.batch_id != ?1 ORDER BY n.finished_at DESC, n.rowid DESC LIMIT 1) n \
+                   WHERE n.call = m.call) END AS why \
+           FROM mine m LEFT JOIN same s ON s.api = m.api AND s.conversation_id = m.conversation_id \
+           WHERE m.pass = ?2 AND m.status IN {SENDABLE}) \
+         UPDATE audit SET status = 'skipped', finished_at = ?3, error = judged.why || '; --changed-only' \
+         FROM judged WHERE audit.rowid = judged.id AND judged.why IS NOT NULL"
+    )))
+    .bind(batch_id)
+    .bind(pass)
+    .bind(now())
+    .execute(&db.pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 const DAMAGED: &str = "not sent: its recorded call is damaged in the audit database (api, method, url or conversation_id); run the row again from its source";
 
 /// Fails every row of the pass whose recorded call cannot be sent (its api,
@@ -815,6 +905,15 @@ pub struct Sendable {
     pub request_body: Option<String>,
     pub conversation_id: Option<String>,
     pub attempts: i64,
+    pub status: String,
+    pub op: Option<String>,
+    pub agent_id: Option<String>,
+    /// What the row changes, as judged before (an undo row: what it puts back, and from what).
+    pub changes: Option<String>,
+    /// Whether the batch already holds a pre-image of the row's conversation.
+    pub pre_image: bool,
+    /// A row in flight (outcome unknown): its conversation's latest snapshot.
+    pub before: Option<String>,
 }
 
 /// The next page of one API's rows to send in this pass, in source order,
@@ -830,7 +929,12 @@ pub async fn sendable_page(
     limit: usize,
 ) -> anyhow::Result<Vec<Sendable>> {
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT rowid, row_key, row_number, api, method, url, request_body, conversation_id, attempts \
+        "SELECT rowid, row_key, row_number, api, method, url, request_body, conversation_id, attempts, \
+         status, op, agent_id, changes, \
+         EXISTS (SELECT 1 FROM reads r WHERE r.batch_id = audit.batch_id AND r.api = audit.api \
+                 AND r.conversation_id = audit.conversation_id AND r.purpose = 'pre_image') AS pre_image, \
+         CASE WHEN status = 'in_flight' THEN (SELECT snapshot FROM conversations c \
+              WHERE c.api = audit.api AND c.conversation_id = audit.conversation_id) END AS before \
          FROM audit WHERE batch_id = ?1 AND pass = ?2 AND status IN {SENDABLE} AND api = ?6 \
          AND (row_number, rowid) > (?3, ?4) AND (?7 IS NULL OR row_number <= ?7) \
          ORDER BY row_number, rowid LIMIT ?5"
@@ -842,6 +946,37 @@ pub async fn sendable_page(
     .bind(limit as i64)
     .bind(api.name())
     .bind(until)
+    .fetch_all(&db.pool)
+    .await?)
+}
+
+/// One row of a conversation still to send, for judging its rows together.
+#[derive(Debug, sqlx::FromRow)]
+pub struct ConversationRow {
+    #[sqlx(rename = "rowid")]
+    pub id: i64,
+    pub row_number: i64,
+    pub op: Option<String>,
+    pub request_body: Option<String>,
+}
+
+/// A conversation's rows this pass of a batch still sends, in source order.
+pub async fn conversation_rows(
+    db: &Db,
+    batch_id: &str,
+    pass: i64,
+    api: Api,
+    conversation_id: &str,
+) -> anyhow::Result<Vec<ConversationRow>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT rowid, row_number, op, request_body FROM audit \
+         WHERE batch_id = ?1 AND api = ?2 AND conversation_id = ?3 AND pass = ?4 AND status IN {SENDABLE} \
+         ORDER BY row_number"
+    )))
+    .bind(batch_id)
+    .bind(api.name())
+    .bind(conversation_id)
+    .bind(pass)
     .fetch_all(&db.pool)
     .await?)
 }
@@ -937,10 +1072,36 @@ pub struct Outcome {
     pub error: Option<String>,
     pub response: Option<Arc<str>>,
     pub snapshot: Option<Snapshot>,
+    /// What the row changes (JSON), when it was judged against live state.
+    pub changes: Option<String>,
+}
+
+/// One read of a conversation, for the `reads` table.
+#[derive(Clone, Debug)]
+pub struct ReadRecord {
+    pub api: Api,
+    pub conversation_id: Arc<str>,
+    pub agent_id: Option<String>,
+    /// `pre_image`, `state`, `verify` or `check`.
+    pub purpose: &'static str,
+    pub row_key: Arc<str>,
+    pub url: String,
+    pub attempts: u32,
+    pub http_status: Option<u16>,
+    pub error: Option<String>,
+    /// The conversation as read (JSON), when it was.
+    pub state: Option<String>,
 }
 
 enum Event {
-    InFlight { id: i64, ack: oneshot::Sender<()> },
+    InFlight {
+        id: i64,
+        ack: oneshot::Sender<()>,
+    },
+    Read {
+        read: ReadRecord,
+        ack: oneshot::Sender<()>,
+    },
     Attempt(AttemptRecord),
     Finished(Outcome),
     Flush(oneshot::Sender<()>),
@@ -989,6 +1150,17 @@ impl Writer {
         done.await.map_err(|_| WriterGone)
     }
 
+    /// Records a read and returns once it is committed (a pre-image is
+    /// durable before the edit it precedes goes out).
+    pub async fn read(&self, read: ReadRecord) -> Result<(), WriterGone> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send(Event::Read { read, ack })
+            .await
+            .map_err(|_| WriterGone)?;
+        done.await.map_err(|_| WriterGone)
+    }
+
     pub async fn attempt(&self, a: AttemptRecord) -> Result<(), WriterGone> {
         self.tx
             .send(Event::Attempt(a))
@@ -1027,25 +1199,31 @@ async fn write_loop(
     /// Outcome-side events written per transaction, so a mark never waits long.
     const CHUNK: usize = 128;
     let mut marks: Vec<(i64, oneshot::Sender<()>)> = Vec::new();
+    let mut reads: Vec<(ReadRecord, oneshot::Sender<()>)> = Vec::new();
     // Attempts, outcomes and flushes, in arrival order.
     let mut queue: VecDeque<Queued> = VecDeque::new();
     let mut open = true;
-    while open || !marks.is_empty() || !queue.is_empty() {
-        if marks.is_empty() && queue.is_empty() {
+    while open || !marks.is_empty() || !reads.is_empty() || !queue.is_empty() {
+        if marks.is_empty() && reads.is_empty() && queue.is_empty() {
             match rx.recv().await {
-                Some(e) => sort(e, &mut marks, &mut queue),
+                Some(e) => sort(e, &mut marks, &mut reads, &mut queue),
                 None => open = false,
             }
         }
         while let Ok(e) = rx.try_recv() {
-            sort(e, &mut marks, &mut queue);
+            sort(e, &mut marks, &mut reads, &mut queue);
         }
         let at = now();
         // Calls wait for their marks: those go first, in a short transaction of their own.
         // (A row's outcome never precedes its own mark, which it waited for.)
-        if !marks.is_empty() {
+        if !marks.is_empty() || !reads.is_empty() {
             let ids: Vec<i64> = marks.iter().map(|(id, _)| *id).collect();
             let mut tx = conn.begin().await.context("audit database: begin")?;
+            for (r, _) in &reads {
+                write_read(&mut tx, &batch_id, &at, r)
+                    .await
+                    .context("audit database: record a read")?;
+            }
             sqlx::query(
                 "UPDATE audit SET status = 'in_flight', started_at = COALESCE(started_at, ?1), finished_at = NULL \
                  WHERE rowid IN (SELECT value FROM json_each(?2))",
@@ -1057,6 +1235,9 @@ async fn write_loop(
             .context("audit database: mark rows in flight")?;
             tx.commit().await.context("audit database: commit")?;
             for (_, ack) in marks.drain(..) {
+                let _ = ack.send(());
+            }
+            for (_, ack) in reads.drain(..) {
                 let _ = ack.send(());
             }
             continue;
@@ -1093,9 +1274,15 @@ enum Queued {
     Flush(oneshot::Sender<()>),
 }
 
-fn sort(e: Event, marks: &mut Vec<(i64, oneshot::Sender<()>)>, queue: &mut VecDeque<Queued>) {
+fn sort(
+    e: Event,
+    marks: &mut Vec<(i64, oneshot::Sender<()>)>,
+    reads: &mut Vec<(ReadRecord, oneshot::Sender<()>)>,
+    queue: &mut VecDeque<Queued>,
+) {
     match e {
         Event::InFlight { id, ack } => marks.push((id, ack)),
+        Event::Read { read, ack } => reads.push((read, ack)),
         Event::Attempt(a) => queue.push_back(Queued::Attempt(a)),
         Event::Finished(o) => queue.push_back(Queued::Finished(o)),
         Event::Flush(ack) => queue.push_back(Queued::Flush(ack)),
@@ -1143,6 +1330,34 @@ fn placeholders(rows: usize, cols: usize) -> String {
     vec![one; rows].join(",")
 }
 
+/// A pre-image is kept once per batch and conversation: the first read wins.
+async fn write_read(
+    tx: &mut SqliteConnection,
+    batch_id: &str,
+    at: &str,
+    r: &ReadRecord,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO reads (batch_id, api, conversation_id, agent_id, purpose, row_key, url, attempts, http_status, error, state, read_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT DO NOTHING",
+    )
+    .bind(batch_id)
+    .bind(r.api.name())
+    .bind(&*r.conversation_id)
+    .bind(&r.agent_id)
+    .bind(r.purpose)
+    .bind(&*r.row_key)
+    .bind(&r.url)
+    .bind(r.attempts as i64)
+    .bind(r.http_status.map(i64::from))
+    .bind(&r.error)
+    .bind(&r.state)
+    .bind(at)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 async fn write_attempts(
     tx: &mut SqliteConnection,
     batch_id: &str,
@@ -1182,12 +1397,13 @@ async fn write_outcomes(
     for size in chunk_sizes(outcomes.len()) {
         let (chunk, tail) = rest.split_at(size);
         rest = tail;
-        // column1 = rowid, then status, attempts, http_status, error, response.
+        // column1 = rowid, then status, attempts, http_status, error, response, changes.
         let sql = format!(
             "UPDATE audit SET status = v.column2, attempts = v.column3, http_status = v.column4, error = v.column5, \
-             response = v.column6, finished_at = CASE WHEN v.column2 = 'pending' THEN NULL ELSE ? END \
+             response = v.column6, changes = COALESCE(v.column7, audit.changes), \
+             finished_at = CASE WHEN v.column2 = 'pending' THEN NULL ELSE ? END \
              FROM (VALUES {}) AS v WHERE audit.rowid = v.column1",
-            placeholders(size, 6)
+            placeholders(size, 7)
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(at);
         for o in chunk {
@@ -1197,7 +1413,8 @@ async fn write_outcomes(
                 .bind(o.attempts as i64)
                 .bind(o.http_status.map(i64::from))
                 .bind(&o.error)
-                .bind(o.response.as_deref());
+                .bind(o.response.as_deref())
+                .bind(o.changes.as_deref());
         }
         q.execute(&mut *tx).await?;
     }

@@ -169,6 +169,116 @@ pub struct Detail {
     pub learned_rates: Vec<LearnedRate>,
     /// Rows that succeeded although the API's body was not JSON (an HTML page, say).
     pub not_json: u64,
+    /// What the batch did with live state (section 8).
+    pub live: LiveCounts,
+}
+
+/// A batch's reads of live state and what they decided.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LiveCounts {
+    /// Conversations read before the batch first touched them.
+    pub pre_images: u64,
+    /// Reads of every purpose (`pre_image`, `state`, `verify`, `check`).
+    pub reads: u64,
+    /// Rows judged to change nothing (`skipped`).
+    pub unchanged: u64,
+    /// Rows left in flight by a crash that a read showed had landed.
+    pub verified_by_read: u64,
+}
+
+/// A batch's live-state counts.
+pub async fn live_counts(db: &Db, id: &str) -> anyhow::Result<LiveCounts> {
+    let (pre_images, reads): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE purpose = 'pre_image'), count(*) FROM reads WHERE batch_id = ?1",
+    )
+    .bind(id)
+    .fetch_one(&db.pool)
+    .await?;
+    let (unchanged, verified): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'skipped'), \
+                count(*) FILTER (WHERE status = 'succeeded' AND error LIKE 'verified by a read%') \
+         FROM audit WHERE batch_id = ?1",
+    )
+    .bind(id)
+    .fetch_one(&db.pool)
+    .await?;
+    Ok(LiveCounts {
+        pre_images: pre_images as u64,
+        reads: reads as u64,
+        unchanged: unchanged as u64,
+        verified_by_read: verified as u64,
+    })
+}
+
+/// One row of a plan, as `convoy plan` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanRow {
+    pub row_number: i64,
+    pub row_key: String,
+    pub api: Option<String>,
+    pub op: Option<String>,
+    pub conversation_id: Option<String>,
+    pub agent_id: Option<String>,
+    /// `pending` (changes something, or would fail: see `error`), `skipped`, `invalid`.
+    pub status: String,
+    pub error: Option<String>,
+    /// Field by field: `{"labels": {"before": ..., "after": ...}}`.
+    pub changes: Option<serde_json::Value>,
+}
+
+/// Every row of a batch, conversation by conversation (in source order
+/// within each), handed to `each` one at a time.
+pub async fn plan_rows(
+    db: &Db,
+    id: &str,
+    mut each: impl FnMut(PlanRow) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use futures::TryStreamExt;
+    #[allow(clippy::type_complexity)]
+    let mut rows = sqlx::query_as::<
+        _,
+        (
+            i64,
+            String,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            String,
+            Option<String>,
+            Option<String>,
+        ),
+    >(
+        "SELECT row_number, row_key, api, op, conversation_id, agent_id, status, error, changes \
+         FROM audit WHERE batch_id = ?1 ORDER BY api, conversation_id, row_number",
+    )
+    .bind(id)
+    .fetch(&db.pool);
+    while let Some((
+        row_number,
+        row_key,
+        api,
+        op,
+        conversation_id,
+        agent_id,
+        status,
+        error,
+        changes,
+    )) = rows.try_next().await?
+    {
+        each(PlanRow {
+            row_number,
+            row_key,
+            api,
+            op,
+            conversation_id,
+            agent_id,
+            status,
+            error,
+            changes: changes.and_then(|c| serde_json::from_str(&c).ok()),
+        })?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -255,6 +365,7 @@ pub async fn detail(db: &Db, id: &str) -> anyhow::Result<Option<Detail>> {
         clusters: clusters(db, id).await?,
         learned_rates: learned_rates(db).await?,
         not_json: not_json(db, id).await?,
+        live: live_counts(db, id).await?,
     }))
 }
 

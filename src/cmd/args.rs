@@ -5,7 +5,7 @@
 
 use crate::call::{AuthScheme, ConfigError, DEFAULT_ATTENTION_URL, DEFAULT_VG_URL};
 use crate::edit::Op;
-use crate::options::Options;
+use crate::options::{Live, Options};
 use crate::pacer::RateSpec;
 use crate::text::{parse_duration, parse_size};
 use clap::Args;
@@ -106,6 +106,18 @@ pub struct ExecArgs {
     /// Run against an in-process sandbox of both APIs: no keys, no network.
     #[arg(long, help_heading = "Endpoints")]
     pub sandbox: bool,
+
+    /// Read each conversation just before its first edit and send only the rows that change something (the others are `skipped`).
+    #[arg(long, help_heading = "Live state", conflicts_with_all = ["changed_only", "capture_before"])]
+    pub skip_unchanged: bool,
+
+    /// Skip a row whose exact call (method, URL, body) is the last that succeeded on its conversation in this audit database; no reads. Cannot see edits made in the app since.
+    #[arg(long, help_heading = "Live state", conflicts_with = "capture_before")]
+    pub changed_only: bool,
+
+    /// Read each conversation just before its first edit and record it (its pre-image), so that `convoy undo` can put it back. One GET per conversation.
+    #[arg(long, help_heading = "Live state")]
+    pub capture_before: bool,
 }
 
 /// How rows are read: shared by `run` and `resume`.
@@ -244,6 +256,14 @@ pub fn resolve(
             .encoding
             .map(|e| e.name().to_owned())
             .or(recorded.and_then(|r| r.encoding.clone())),
+        live: if exec.skip_unchanged {
+            Live::SkipUnchanged
+        } else if exec.capture_before {
+            Live::CaptureBefore
+        } else {
+            recorded.map_or(Live::Off, |r| r.live)
+        },
+        changed_only: exec.changed_only || recorded.is_some_and(|r| r.changed_only),
     };
     o.check()?;
     Ok(o)

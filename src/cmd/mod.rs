@@ -3,9 +3,11 @@
 //! signals, the free-space check, and the send phase's ending (summary,
 //! `--json`, exit code).
 
+pub mod apply;
 pub mod args;
 pub mod completions;
 pub mod failures;
+pub mod plan;
 pub mod resume;
 pub mod run;
 pub mod sandbox;
@@ -205,6 +207,14 @@ pub async fn send_batch(
     } else {
         0
     };
+    if options.changed_only {
+        let skipped = crate::audit::skip_repeated_calls(db, batch_id, pass).await?;
+        if skipped > 0 {
+            eprintln!(
+                "--changed-only: {skipped} row(s) repeat the last call that succeeded on their conversation and are skipped"
+            );
+        }
+    }
     let to_send = crate::audit::count_sendable(db, batch_id, pass).await?;
     if let Err(ConfigError(e)) = endpoints.require(plan.per_api) {
         audit::set_status(db, batch_id, audit::BatchStatus::Failed).await?;
@@ -266,7 +276,7 @@ async fn finish(
         && tally.pending > 0;
     let status = if report.interrupted || canary_passed {
         audit::BatchStatus::Interrupted
-    } else if tally.succeeded == tally.rows {
+    } else if tally.succeeded + tally.skipped == tally.rows {
         audit::BatchStatus::Completed
     } else {
         audit::BatchStatus::Failed
@@ -280,7 +290,7 @@ async fn finish(
         .done
         .load(std::sync::atomic::Ordering::Relaxed);
     crate::outln!(
-        "batch {batch_id} {status} in {}{}: {} rows, {} succeeded, {} failed, {} invalid, {}{} pending ({:.1} rows/s this run)",
+        "batch {batch_id} {status} in {}{}: {} rows, {} succeeded, {}{} failed, {} invalid, {}{} pending ({:.1} rows/s this run)",
         crate::text::show_duration(report.elapsed),
         if on_sandbox {
             " against the sandbox"
@@ -289,6 +299,11 @@ async fn finish(
         },
         tally.rows,
         tally.succeeded,
+        if tally.skipped > 0 {
+            format!("{} skipped (unchanged), ", tally.skipped)
+        } else {
+            String::new()
+        },
         tally.failed,
         tally.invalid,
         if tally.held > 0 {

@@ -55,6 +55,13 @@ pub async fn run(g: &Global, a: ResumeArgs) -> Result<ExitCode, super::Error> {
     let Some(rec) = audit::load::<crate::options::Options>(&db, &a.batch).await? else {
         return Err(usage(format_args!("batch {:?} is gone", a.batch)));
     };
+    if rec.status == crate::audit::BatchStatus::Planned.as_str() {
+        return Err(usage(format_args!(
+            "batch {:?} is a plan that was never applied; `convoy apply {}` sends it",
+            rec.id,
+            crate::text::shell_quote(&rec.id)
+        )));
+    }
     let options = match super::args::resolve(&a.exec, &a.input, Some(&rec.options)) {
         Ok(o) => o,
         Err(e) => return Err(usage(e)),

@@ -2,7 +2,7 @@
 
 use super::args::{ExecArgs, InputArgs};
 use super::{Global, send_batch, usage};
-use crate::audit::{self, Db};
+use crate::audit::{self, BatchStatus, Db};
 use crate::call::Endpoints;
 use crate::plan::{self, PlanError};
 use crate::progress::Progress;
@@ -51,11 +51,7 @@ pub async fn run(g: &Global, a: RunArgs) -> Result<ExitCode, super::Error> {
         Ok(s) => s,
         Err(e) => return Err(usage(e)),
     };
-    if let Some(name) = &a.batch
-        && (name.trim().is_empty() || name.len() > 200)
-    {
-        return Err(usage("--batch: give a name of 1 to 200 characters"));
-    }
+    check_name(a.batch.as_deref())?;
     let (sandbox, endpoints) = super::endpoints(&options).await?;
     let reader = match source::open(&source, options.default_op(), options.csv_format()).await {
         Ok(r) => r,
@@ -68,7 +64,82 @@ pub async fn run(g: &Global, a: RunArgs) -> Result<ExitCode, super::Error> {
         return dry_run(reader, &endpoints).await;
     }
 
-    if let Err(e) = super::check_free_space(&g.db, a.exec.min_free) {
+    let Started {
+        db,
+        name,
+        claim: _claim,
+        plan,
+        cancel,
+        from_export,
+    } = match start(
+        g,
+        &NewBatch {
+            batch: a.batch.as_deref(),
+            min_free: a.exec.min_free,
+        },
+        &source,
+        reader,
+        &options,
+        &endpoints,
+        BatchStatus::Running,
+    )
+    .await?
+    {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let b = send::Batch {
+        db: &db,
+        id: &name,
+        pass: 1,
+        options: &options,
+        endpoints: &endpoints,
+    };
+    let code = send_batch(g, &b, &plan, sandbox.is_some(), from_export, cancel).await?;
+    super::print_json(a.out.json, &db, &name).await?;
+    Ok(code)
+}
+
+/// `--batch NAME`: 1 to 200 characters.
+pub fn check_name(name: Option<&str>) -> Result<(), super::Error> {
+    match name {
+        Some(n) if n.trim().is_empty() || n.len() > 200 => {
+            Err(usage("--batch: give a name of 1 to 200 characters"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// What names and guards a new batch.
+pub struct NewBatch<'a> {
+    pub batch: Option<&'a str>,
+    pub min_free: Option<u64>,
+}
+
+/// A batch recorded and its rows planned, ready to send (or to judge).
+pub struct Started {
+    pub db: Db,
+    pub name: String,
+    /// Held until the process ends: no other process sends the batch meanwhile.
+    pub claim: audit::BatchLock,
+    pub plan: plan::PlanSummary,
+    pub cancel: CancellationToken,
+    /// Rows from a `convoy failures` export (which must not undo newer edits).
+    pub from_export: bool,
+}
+
+/// Records a new batch (`run` and `plan`): claims a name, then reads and
+/// validates every row into it. `Err(code)` when a signal came while reading.
+pub async fn start(
+    g: &Global,
+    a: &NewBatch<'_>,
+    source: &Source,
+    reader: source::Reader,
+    options: &crate::options::Options,
+    endpoints: &Endpoints,
+    status: BatchStatus,
+) -> Result<Result<Started, ExitCode>, super::Error> {
+    if let Err(e) = super::check_free_space(&g.db, a.min_free) {
         return Err(usage(e));
     }
     let db = Db::open(&g.db).await?;
@@ -87,8 +158,8 @@ pub async fn run(g: &Global, a: RunArgs) -> Result<ExitCode, super::Error> {
     let stamp = format!("{}-{}", stem, chrono::Utc::now().format("%Y%m%dT%H%M%SZ"));
     // A name given with --batch is refused when taken; a default one taken
     // (two runs of one file within a second) gets -2, -3, ...
-    let candidates: Vec<String> = match &a.batch {
-        Some(name) => vec![name.clone()],
+    let candidates: Vec<String> = match a.batch {
+        Some(name) => vec![name.to_owned()],
         None => std::iter::once(stamp.clone())
             .chain((2..100).map(|n| format!("{stamp}-{n}")))
             .collect(),
@@ -100,12 +171,12 @@ pub async fn run(g: &Global, a: RunArgs) -> Result<ExitCode, super::Error> {
             Err(crate::audit::ClaimError::Busy(_)) if a.batch.is_none() => continue,
             other => other?,
         };
-        if audit::create(&db, name, &source, &reader.columns.names, &options).await? {
+        if audit::create(&db, name, source, &reader.columns.names, options, status).await? {
             claimed = Some((name.clone(), claim));
             break;
         }
     }
-    let Some((name, _claim)) = claimed else {
+    let Some((name, claim)) = claimed else {
         let name = &candidates[0];
         return Err(usage(format_args!(
             "batch {name:?} already exists in {}; to continue it: convoy resume {}",
@@ -113,11 +184,11 @@ pub async fn run(g: &Global, a: RunArgs) -> Result<ExitCode, super::Error> {
             crate::text::shell_quote(name)
         )));
     };
-    let columns = reader.columns.names.clone();
+    let from_export = reader.columns.names.iter().any(|c| c == "from_batch");
     let cancel = CancellationToken::new();
     super::on_signals(cancel.clone(), name.clone());
     let progress = Progress::planning(g.quiet, &format!("batch {name}"));
-    let planned = plan::plan(&db, &name, reader, &endpoints, &progress, &cancel).await;
+    let planned = plan::plan(&db, &name, reader, endpoints, &progress, &cancel).await;
     progress.finish();
     let plan = match planned {
         Ok(p) => p,
@@ -128,23 +199,21 @@ pub async fn run(g: &Global, a: RunArgs) -> Result<ExitCode, super::Error> {
         }
     };
     if cancel.is_cancelled() {
-        return super::interrupted_while_planning(&db, &name, &plan, source == Source::Stdin).await;
+        let code =
+            super::interrupted_while_planning(&db, &name, &plan, *source == Source::Stdin).await?;
+        return Ok(Err(code));
     }
     if plan.rows == 0 {
         eprintln!("note: the source has a header but no rows");
     }
-    let b = send::Batch {
-        db: &db,
-        id: &name,
-        pass: 1,
-        options: &options,
-        endpoints: &endpoints,
-    };
-    // Rows from a `convoy failures` export must not undo newer edits.
-    let from_export = columns.iter().any(|c| c == "from_batch");
-    let code = send_batch(g, &b, &plan, sandbox.is_some(), from_export, cancel).await?;
-    super::print_json(a.out.json, &db, &name).await?;
-    Ok(code)
+    Ok(Ok(Started {
+        db,
+        name,
+        claim,
+        plan,
+        cancel,
+        from_export,
+    }))
 }
 
 /// `--dry-run`: every row validated and its call printed; no database, no network.

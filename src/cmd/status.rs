@@ -149,19 +149,41 @@ fn print_detail(d: &report::Detail) {
         show_duration(Duration::from_secs_f64(l.send_seconds)),
         d.passes
     );
+    let mut more = String::new();
+    if c.in_flight > 0 {
+        more += &format!(", {} in flight (outcome unknown)", c.in_flight);
+    }
+    if c.held > 0 {
+        more += &format!(", {} held (older than an edit that succeeded)", c.held);
+    }
+    if c.skipped > 0 {
+        more += &format!(", {} skipped (unchanged)", c.skipped);
+    }
     crate::outln!(
-        "  rows       {}: {} succeeded, {} failed, {} invalid, {} pending{}",
+        "  rows       {}: {} succeeded, {} failed, {} invalid, {} pending{more}",
         c.rows,
         c.succeeded,
         c.failed,
         c.invalid,
         c.pending,
-        if c.in_flight > 0 {
-            format!(", {} in flight (outcome unknown)", c.in_flight)
-        } else {
-            String::new()
-        }
     );
+    let lv = &d.live;
+    if lv.reads > 0 || lv.unchanged > 0 {
+        crate::outln!(
+            "  live       {} conversation(s) read first (pre-images), {} read(s) in all; {} row(s) found unchanged{}",
+            lv.pre_images,
+            lv.reads,
+            lv.unchanged,
+            if lv.verified_by_read > 0 {
+                format!(
+                    "; {} in-doubt row(s) verified by a read, not sent again",
+                    lv.verified_by_read
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
     crate::outln!("  rate       {:.1} rows/s while sending", l.rate_per_second);
     crate::outln!("  by op");
     for o in &d.by_op {

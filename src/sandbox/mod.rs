@@ -171,6 +171,8 @@ pub struct State {
     vg_template: Map<String, Value>,
     clock_ms: AtomicU64,
     pub served: AtomicU64,
+    /// Requests routed: answered or applied (the answer may still wait for its latency).
+    routed: AtomicU64,
     served_changed: tokio::sync::Notify,
 }
 
@@ -217,6 +219,7 @@ impl Sandbox {
             vg_template: edit::vg_blank_conversation(),
             clock_ms: AtomicU64::new(0),
             served: AtomicU64::new(0),
+            routed: AtomicU64::new(0),
             served_changed: tokio::sync::Notify::new(),
         });
         let s = state.clone();
@@ -340,6 +343,20 @@ impl Sandbox {
         loop {
             let changed = self.state.served_changed.notified();
             if self.state.served.load(Relaxed) >= n {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+impl Sandbox {
+    /// Returns once at least `n` requests were routed: their edit applied (or
+    /// refused), though their answer may still wait for its latency (tests).
+    pub async fn routed_at_least(&self, n: u64) {
+        loop {
+            let changed = self.state.served_changed.notified();
+            if self.state.routed.load(Relaxed) >= n {
                 return;
             }
             changed.await;
@@ -503,6 +520,8 @@ impl State {
             rec.status = result.as_ref().map_or(0, |r| r.status().as_u16());
             lock(&self.log).push(rec);
         }
+        self.routed.fetch_add(1, Relaxed);
+        self.served_changed.notify_waiters();
         if let Some(d) = delay {
             tokio::time::sleep(d).await;
         }
@@ -826,24 +845,20 @@ impl State {
                 }
             }
             AttentionCall::Confirm => {
-                let mut confirmed = Map::new();
+                // A confirmation always adds: confirming an item twice holds it twice.
+                let mut confirmed = match conv.remove(crate::live::CONFIRMED) {
+                    Some(Value::Object(m)) => m,
+                    _ => Map::new(),
+                };
                 for (i, item) in parsed["intelligence"]
                     .as_array()
                     .into_iter()
                     .flatten()
                     .enumerate()
                 {
-                    let key = item
-                        .get("key")
-                        .or_else(|| item.get("id"))
-                        .and_then(Value::as_str)
-                        .map_or_else(|| format!("item{}", i + 1), str::to_owned);
-                    confirmed.insert(key, item.clone());
+                    crate::live::add_confirmed(&mut confirmed, item, i);
                 }
-                conv.insert(
-                    "confirmedExtractedIntelligence".into(),
-                    Value::Object(confirmed),
-                );
+                conv.insert(crate::live::CONFIRMED.into(), Value::Object(confirmed));
                 if let Some(o) = parsed.get("opportunity_id") {
                     conv.insert("externalIntelligenceOpportunityID".into(), o.clone());
                 }

@@ -7,11 +7,13 @@
 //! - `hardening`: the bad-input corpus, the fault matrix, secrets
 //! - `props`: property tests: arbitrary rows never panic and never escape their path
 //! - `report`: status, failures export and every README query, run for real
+//! - `live`: plan and apply, --skip-unchanged, --changed-only, resume settling in-doubt rows by reading
 //! - `sandbox`: the simulator itself, and the whole pipeline through its faults
 
 mod common;
 mod hardening;
 mod lanes;
+mod live;
 mod operations;
 mod props;
 mod regressions;

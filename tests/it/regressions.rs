@@ -95,7 +95,11 @@ async fn two_resumes_at_once_never_both_send() {
             );
         }
         let mut sent = std::collections::HashMap::new();
-        for r in sb.requests().iter().filter(|r| r.status == 200) {
+        for r in sb
+            .requests()
+            .iter()
+            .filter(|r| r.status == 200 && r.method != "GET")
+        {
             *sent.entry(r.path.clone()).or_insert(0) += 1;
         }
         assert_eq!(sent.len(), 300, "a row was never sent");
@@ -411,11 +415,19 @@ async fn an_audit_failure_mid_send_stops_says_why_and_exits_3() {
         .await
         .unwrap();
     assert_eq!(status, "interrupted");
-    let sent = sb.requests().iter().filter(|r| r.status == 200).count();
+    let sent = sb
+        .requests()
+        .iter()
+        .filter(|r| r.status == 200 && r.method != "GET")
+        .count();
     assert!(sent < 50, "sending went on after the database failed");
     sqlx::query("DROP TRIGGER boom").execute(&db).await.unwrap();
     w.run(Some(&sb), &["resume", "night"]).await.expect(0);
-    let twice = sb.requests().iter().filter(|r| r.status == 200).count();
+    let twice = sb
+        .requests()
+        .iter()
+        .filter(|r| r.status == 200 && r.method != "GET")
+        .count();
     assert_eq!(twice, 50, "a row was sent twice or never");
 }
 

@@ -1,0 +1,87 @@
+//! `convoy apply NAME`: send a planned batch, every row that changes
+//! something, in order, with everything `run` does (audit, resume, signals,
+//! exit codes). Rows the plan marked `skipped` are never sent.
+
+use super::args::{BatchOutput, ExecArgs};
+use super::{Global, send_batch, usage};
+use crate::audit::{self, BatchStatus, Db};
+use crate::options::{Live, Options};
+use crate::send;
+use crate::text::shell_quote;
+use clap::Args;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The planned batch to send (`convoy plan` printed its name).
+    pub batch: String,
+
+    #[command(flatten)]
+    pub exec: ExecArgs,
+
+    #[command(flatten)]
+    pub out: BatchOutput,
+}
+
+pub async fn run(g: &Global, a: ApplyArgs) -> Result<ExitCode, super::Error> {
+    if a.out.json {
+        crate::output::text_to_stderr();
+    }
+    if a.exec.skip_unchanged || a.exec.changed_only || a.exec.capture_before {
+        return Err(usage(
+            "apply sends what the plan judged; --skip-unchanged, --changed-only and --capture-before belong to run",
+        ));
+    }
+    if !g.db.exists() {
+        return Err(usage(format_args!(
+            "no audit database at {}; pass --db",
+            g.db.display()
+        )));
+    }
+    if let Err(e) = super::check_free_space(&g.db, a.exec.min_free) {
+        return Err(usage(e));
+    }
+    let db = Db::open(&g.db).await?;
+    let q = shell_quote(&a.batch);
+    let missing = || {
+        usage(format_args!(
+            "no batch {:?} in {}; `convoy status` lists them",
+            a.batch,
+            g.db.display()
+        ))
+    };
+    if audit::load::<Options>(&db, &a.batch).await?.is_none() {
+        return Err(missing());
+    }
+    let _claim = db.lock_batch(&a.batch)?;
+    // Read under the claim: another process may have just applied it.
+    let rec = audit::load::<Options>(&db, &a.batch)
+        .await?
+        .ok_or_else(missing)?;
+    if rec.status != BatchStatus::Planned.as_str() {
+        return Err(usage(format_args!(
+            "batch {:?} is {}, not planned; `convoy resume {q}` continues it",
+            rec.id, rec.status
+        )));
+    }
+    let input = super::args::InputArgs::default();
+    let mut options = super::args::resolve(&a.exec, &input, Some(&rec.options)).map_err(usage)?;
+    // The plan judged every row: they are sent as judged.
+    options.live = Live::Off;
+    let (sandbox, endpoints) = super::endpoints(&options).await?;
+    let pass = audit::begin_pass(&db, &rec.id, &options).await?;
+    let plan = crate::plan::carry_over(&db, &rec.id, pass).await?;
+    let cancel = CancellationToken::new();
+    super::on_signals(cancel.clone(), rec.id.clone());
+    let b = send::Batch {
+        db: &db,
+        id: &rec.id,
+        pass,
+        options: &options,
+        endpoints: &endpoints,
+    };
+    let code = send_batch(g, &b, &plan, sandbox.is_some(), true, cancel).await?;
+    super::print_json(a.out.json, &db, &rec.id).await?;
+    Ok(code)
+}
