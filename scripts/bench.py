@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """convoy's benchmarks, against the sandbox on loopback (no network).
 
-    python3 scripts/bench.py [throughput|memory|rate|auto|realworld|sandbox|status|resume|all]
+    python3 scripts/bench.py [throughput|memory|rate|auto|realworld|sandbox|status|plan|resume|all]
 
 throughput: 100,000 generated rows, --concurrency 64, no rate limit, full
             audit and snapshots on; rows/s of the whole `convoy run`
@@ -30,6 +30,12 @@ sandbox:    the sandbox's capacity on loopback: `wrk` (Debian's package)
             2 cores.
 status:     `convoy status` and `convoy status NAME` on a database of 1,000
             batches and 1,000,000 audit rows (1% failed, with attempts).
+plan:       `convoy plan` of 10,000 rows over 2,500 conversations (2,000
+            Attention, 500 VG), each conversation already holding half of
+            its rows' values: reads made (must be 2,500: one per
+            conversation), wall time, rows judged per second; at 0 and
+            ~50 ms of latency, convoy on core 0 and the sandbox on core 1.
+            Then `--skip-unchanged` of the same rows, for comparison.
 resume:     a 1,000,000-row batch with ~1% failed rows: `convoy resume`
             sends exactly those; resumed again, it decides "nothing to do";
             both timed beside one read of the source (`run --dry-run`).
@@ -388,6 +394,61 @@ def night(sb, src, db, *args):
     return secs, sum(1 for r in reqs if r["status"] == 429), len(reqs), p.returncode
 
 
+def write_plan_rows(path, n=10_000, conversations=2_500):
+    """n rows over `conversations` conversations: 4 in 5 Attention (labels,
+    title, a CRM confirmation), 1 in 5 VG."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["row_id", "op", "conversation_id", "agent_id", "title", "labels", "intelligence", "state", "tags"])
+        for i in range(n):
+            c, k = i % conversations, (i // conversations) % 4
+            if c >= conversations * 4 // 5:
+                w.writerow([f"r{i}", "vg.update", f"vg-{c}", "agent-1", "", "", "", ["open", "completed"][k % 2], json.dumps([f"t{k}"])])
+            elif k == 0:
+                w.writerow([f"r{i}", "attention.set_labels", f"att-{c}", "", "", json.dumps({"stage": f"s{c % 7}"}), "", "", ""])
+            elif k == 1:
+                w.writerow([f"r{i}", "attention.update", f"att-{c}", "", f"Title {c}", "", "", "", ""])
+            elif k == 2:
+                w.writerow([f"r{i}", "attention.confirm_crm", f"att-{c}", "", "", "",
+                            json.dumps([{"id": f"i{c}", "key": "next_steps", "value": "Demo"}]), "", ""])
+            else:
+                w.writerow([f"r{i}", "attention.set_labels", f"att-{c}", "", "", json.dumps({"stage": f"s{c % 7}", "won": "yes"}), "", "", ""])
+
+
+def plan_cost(work, figures):
+    src = os.path.join(work, "plan-10k.csv")
+    write_plan_rows(src)
+    half = os.path.join(work, "plan-half.csv")
+    with open(src) as f, open(half, "w") as out:
+        lines = f.readlines()
+        out.writelines(lines[:1 + 5_000])
+    for lat_name, lat in [("0 ms", None), ("~50 ms", "40ms..60ms")]:
+        sb = Sandbox("--no-log", *(["--latency", lat] if lat else []), pin="1")
+        try:
+            db = os.path.join(work, f"plan-{time.time_ns()}.db")
+            env = sb.env()
+            subprocess.run(["taskset", "-c", "0", BIN, "run", half, "--db", db, "--quiet"], env=env, check=True, capture_output=True)
+            t0 = time.monotonic()
+            p = subprocess.run(["taskset", "-c", "0", BIN, "plan", src, "--db", db, "--quiet", "--batch", "p"],
+                               env=env, capture_output=True, text=True)
+            secs = time.monotonic() - t0
+            if p.returncode != 0:
+                sys.exit(f"convoy plan failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+            reads = int(subprocess.run(["sqlite3", db, "SELECT count(*) FROM reads WHERE batch_id = 'p'"],
+                                       capture_output=True, text=True).stdout)
+            summary = p.stdout.splitlines()[0]
+            t0 = time.monotonic()
+            subprocess.run(["taskset", "-c", "0", BIN, "run", src, "--db", db, "--quiet", "--skip-unchanged", "--batch", "s"],
+                           env=env, check=True, capture_output=True)
+            skip_secs = time.monotonic() - t0
+        finally:
+            sb.stop()
+        figures.append((f"plan, 10,000 rows over 2,500 conversations, {lat_name}",
+                        f"{reads:,} reads, {secs:.2f} s, {10_000 / secs:,.0f} rows judged/s; --skip-unchanged run {skip_secs:.2f} s",
+                        "2,500 reads"))
+        print(summary, file=sys.stderr)
+
+
 def sandbox_capacity(work, figures):
     if not shutil.which("wrk"):
         figures.append(("sandbox capacity", "not measured: install wrk (apt-get install wrk)", ">= 20,000 requests/s"))
@@ -426,6 +487,8 @@ def main():
             sandbox_capacity(work, figures)
         if what in ("status", "all"):
             status(work, figures)
+        if what in ("plan", "all"):
+            plan_cost(work, figures)
         if what in ("resume", "all"):
             resume(work, figures)
     finally:

@@ -32,6 +32,8 @@ pub enum Command {
     Plan(crate::cmd::plan::PlanArgs),
     /// Send a planned batch: every row that changes something.
     Apply(crate::cmd::apply::ApplyArgs),
+    /// Put back what a batch changed, where the APIs allow it (a new batch, undo-NAME).
+    Undo(crate::cmd::undo::UndoArgs),
     /// Show all batches, or one batch in detail.
     Status(crate::cmd::status::StatusArgs),
     /// Export a batch's failed, invalid and pending rows as CSV, ready to fix and run again.
@@ -63,6 +65,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode, crate::cmd::Error> {
         }
         Command::Plan(a) => crate::cmd::plan::run(&global(&a.out.db, a.out.quiet.quiet), a).await,
         Command::Apply(a) => crate::cmd::apply::run(&global(&a.out.db, a.out.quiet.quiet), a).await,
+        Command::Undo(a) => crate::cmd::undo::run(&global(&a.out.db, a.out.quiet.quiet), a).await,
         Command::Status(a) => crate::cmd::status::run(&global(&a.db, false), a).await,
         Command::Failures(a) => crate::cmd::failures::run(&global(&a.db, false), a).await,
         Command::Sandbox(a) => crate::cmd::sandbox::run(a).await,

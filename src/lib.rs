@@ -19,6 +19,7 @@
 //! | `send` | the send phase: one lane per API (reader, in-flight budget, pacer), per-conversation order, retries |
 //! | `progress` | the progress bar and plain progress lines |
 //! | `plan` | the plan phase, and reconciling a resumed batch with its source |
+//! | `undo` | building an undo batch: the calls that put a batch's reversible fields back, and what cannot be undone |
 //! | [`output`] | stdout that never panics on a closed pipe or a full disk |
 //! | [`sandbox`] | the local simulator of both APIs and its limiter shapes |
 //! | [`cmd`] | one module per command, their shared flags (`cmd::args`) and the error model |
@@ -39,3 +40,4 @@ pub mod sandbox;
 pub(crate) mod send;
 pub(crate) mod source;
 pub(crate) mod text;
+pub(crate) mod undo;

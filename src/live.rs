@@ -295,6 +295,142 @@ pub fn visible(call: &Call, now: &State, before: Option<&State>) -> bool {
         })
 }
 
+/// What undoing a batch on one conversation takes: the calls that put
+/// fields back, and what cannot be put back.
+#[derive(Debug, Default, PartialEq)]
+pub struct UndoPlan {
+    /// One call per op.
+    pub puts: Vec<Put>,
+    /// `(field, why)`: what cannot be undone.
+    pub irreversible: Vec<(String, String)>,
+}
+
+/// One call that puts fields back.
+#[derive(Debug, PartialEq)]
+pub struct Put {
+    pub op: &'static str,
+    /// The fields to send, with their pre-image values.
+    pub fields: Map<String, Value>,
+    /// For each field, what the batch left (`before`) and what is put back (`after`).
+    pub changes: Map<String, Value>,
+}
+
+/// How to put back what `calls` (a batch's succeeded rows on one
+/// conversation, in order) changed on `pre` (its pre-image), as far as the
+/// APIs allow: Attention labels (one `set_labels`) and title (one
+/// `update`), VG fields (one PATCH). An archive, a CRM confirmation, VG tags
+/// added and VG fields that were not set before cannot be put back.
+pub fn undo(api: Api, pre: &State, calls: &[Call]) -> UndoPlan {
+    let mut left = pre.clone();
+    let mut touched: Vec<String> = Vec::new();
+    let mut confirmed = 0usize;
+    for c in calls {
+        for (k, _) in c.sets() {
+            if !touched.contains(&k) {
+                touched.push(k);
+            }
+        }
+        confirmed += c.confirms().len();
+        replay(c, &mut left);
+    }
+    let null = Value::Null;
+    let was = |k: &str| pre.get(k).unwrap_or(&null);
+    let now = |k: &str| left.get(k).unwrap_or(&null);
+    let change = |k: &str| json!({"before": now(k), "after": was(k)});
+    let mut plan = UndoPlan::default();
+    let moved: Vec<&String> = touched.iter().filter(|k| now(k) != was(k)).collect();
+    match api {
+        Api::Attention => {
+            for k in moved {
+                match (k.as_str(), was(k)) {
+                    ("labels", Value::Object(_)) => plan.puts.push(Put {
+                        op: "attention.set_labels",
+                        fields: Map::from_iter([(k.clone(), was(k).clone())]),
+                        changes: Map::from_iter([(k.clone(), change(k))]),
+                    }),
+                    ("title", Value::String(_)) => plan.puts.push(Put {
+                        op: "attention.update",
+                        fields: Map::from_iter([(k.clone(), was(k).clone())]),
+                        changes: Map::from_iter([(k.clone(), change(k))]),
+                    }),
+                    ("archived", _) => plan.irreversible.push((
+                        k.clone(),
+                        "neither API documents a way to restore an archived conversation".into(),
+                    )),
+                    (_, before) => plan.irreversible.push((
+                        k.clone(),
+                        format!(
+                            "was {} before, which Attention's calls cannot set",
+                            compact(before)
+                        ),
+                    )),
+                }
+            }
+            if confirmed > 0 {
+                plan.irreversible.push((
+                    CONFIRMED.into(),
+                    format!(
+                        "{confirmed} CRM intelligence item(s) confirmed: Attention documents no way to unconfirm one"
+                    ),
+                ));
+            }
+        }
+        Api::Vg => {
+            let mut fields = Map::new();
+            let mut changes = Map::new();
+            for k in moved {
+                let before = was(k);
+                if before.is_null() || crate::edit::check_vg_field(k, before).is_err() {
+                    plan.irreversible.push((
+                        k.clone(),
+                        format!(
+                            "was {} before; VG documents no way to remove or clear a field",
+                            if before.is_null() {
+                                "not set".to_owned()
+                            } else {
+                                compact(before)
+                            }
+                        ),
+                    ));
+                } else {
+                    fields.insert(k.clone(), before.clone());
+                    changes.insert(k.clone(), change(k));
+                }
+            }
+            if !fields.is_empty() {
+                plan.puts.push(Put {
+                    op: "vg.update",
+                    fields,
+                    changes,
+                });
+            }
+            let had: Vec<Value> = pre
+                .get("tags")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let added: Vec<Value> = left
+                .get("tags")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|t| !had.contains(t))
+                .cloned()
+                .collect();
+            if !added.is_empty() {
+                plan.irreversible.push((
+                    "tags".into(),
+                    format!(
+                        "added {}: VG merges tags and documents no way to remove one",
+                        compact(&Value::Array(added))
+                    ),
+                ));
+            }
+        }
+    }
+    plan
+}
+
 /// One line per change, for a terminal: `labels: {...} -> {...}`, `tags: + [...]`.
 pub fn describe(changes: &Map<String, Value>) -> Vec<String> {
     changes
@@ -433,6 +569,47 @@ mod tests {
             describe(&c),
             [r#"state: "open" -> "completed""#, r#"tags: + ["b"]"#]
         );
+    }
+
+    #[test]
+    fn undo_puts_back_labels_title_and_vg_fields_and_lists_the_rest() {
+        let pre = state(json!({"labels": {"s": "a"}, "title": "old", "archived": false}));
+        let calls = [
+            Call {
+                op: "attention.set_labels",
+                body: Some(r#"{"labels":{"s":"b"}}"#),
+            },
+            Call {
+                op: "attention.update",
+                body: Some(r#"{"title":"new"}"#),
+            },
+            Call {
+                op: "attention.archive",
+                body: None,
+            },
+            Call {
+                op: "attention.confirm_crm",
+                body: Some(r#"{"intelligence":[{"key":"k"}]}"#),
+            },
+        ];
+        let plan = undo(Api::Attention, &pre, &calls);
+        let ops: Vec<&str> = plan.puts.iter().map(|p| p.op).collect();
+        assert_eq!(ops, ["attention.set_labels", "attention.update"]);
+        assert_eq!(plan.puts[0].fields["labels"], json!({"s": "a"}));
+        assert_eq!(plan.puts[0].changes["labels"]["before"], json!({"s": "b"}));
+        let gone: Vec<&str> = plan.irreversible.iter().map(|i| i.0.as_str()).collect();
+        assert_eq!(gone, ["archived", CONFIRMED]);
+
+        let pre = state(json!({"state": "open", "tags": ["x"]}));
+        let calls = [Call {
+            op: "vg.update",
+            body: Some(r#"{"conversation":{"state":"completed","notes":"n","tags":["y"]}}"#),
+        }];
+        let plan = undo(Api::Vg, &pre, &calls);
+        assert_eq!(plan.puts.len(), 1);
+        assert_eq!(plan.puts[0].fields, state(json!({"state": "open"})));
+        let gone: Vec<&str> = plan.irreversible.iter().map(|i| i.0.as_str()).collect();
+        assert_eq!(gone, ["notes", "tags"]);
     }
 
     #[test]

@@ -950,6 +950,63 @@ pub async fn sendable_page(
     .await?)
 }
 
+/// A row of a batch that succeeded, beside its conversation's pre-image:
+/// what `undo` builds from.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Undone {
+    pub api: String,
+    pub conversation_id: String,
+    pub agent_id: Option<String>,
+    pub op: Option<String>,
+    pub request_body: Option<String>,
+    /// The conversation just before the batch first touched it (JSON), when read.
+    pub pre_image: Option<String>,
+}
+
+/// Every row of `batch_id` that succeeded, conversation by conversation
+/// (source order within each), handed to `each` one at a time.
+pub async fn undo_inputs(
+    db: &Db,
+    batch_id: &str,
+    mut each: impl FnMut(Undone) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use futures::TryStreamExt;
+    let mut rows = sqlx::query_as::<_, Undone>(
+        "SELECT a.api, a.conversation_id, a.agent_id, a.op, a.request_body, r.state AS pre_image \
+         FROM audit a LEFT JOIN reads r ON r.batch_id = a.batch_id AND r.api = a.api \
+              AND r.conversation_id = a.conversation_id AND r.purpose = 'pre_image' \
+         WHERE a.batch_id = ?1 AND a.status = 'succeeded' AND a.api IS NOT NULL AND a.conversation_id IS NOT NULL \
+         ORDER BY a.api, a.conversation_id, a.row_number",
+    )
+    .bind(batch_id)
+    .fetch(&db.pool);
+    while let Some(r) = rows.try_next().await? {
+        each(r)?;
+    }
+    Ok(())
+}
+
+/// Records rows built rather than read (an undo batch), each with its changes.
+pub async fn insert_built(
+    db: &Db,
+    batch_id: &str,
+    rows: &[(PlannedRow, Option<String>)],
+) -> anyhow::Result<()> {
+    let planned: Vec<PlannedRow> = rows.iter().map(|(r, _)| r.clone()).collect();
+    insert_planned(db, batch_id, &planned).await?;
+    let mut tx = db.pool.begin().await?;
+    for (r, changes) in rows.iter().filter(|(_, c)| c.is_some()) {
+        sqlx::query("UPDATE audit SET changes = ?3 WHERE batch_id = ?1 AND row_key = ?2")
+            .bind(batch_id)
+            .bind(&r.row_key)
+            .bind(changes)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 /// One row of a conversation still to send, for judging its rows together.
 #[derive(Debug, sqlx::FromRow)]
 pub struct ConversationRow {

@@ -210,6 +210,18 @@ pub async fn live_counts(db: &Db, id: &str) -> anyhow::Result<LiveCounts> {
     })
 }
 
+/// An undo batch's conflicts: `(api, conversation_id, error)` of each row
+/// left alone because its conversation changed since the undone batch.
+pub async fn conflicts(db: &Db, id: &str) -> anyhow::Result<Vec<(String, String, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT api, conversation_id, error FROM audit WHERE batch_id = ?1 AND status = 'skipped' \
+         AND error LIKE 'conflict:%' ORDER BY row_number",
+    )
+    .bind(id)
+    .fetch_all(&db.pool)
+    .await?)
+}
+
 /// One row of a plan, as `convoy plan` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct PlanRow {

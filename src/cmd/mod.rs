@@ -12,6 +12,7 @@ pub mod resume;
 pub mod run;
 pub mod sandbox;
 pub mod status;
+pub mod undo;
 
 use crate::call::{ConfigError, Endpoints};
 use crate::plan::PlanSummary;
@@ -300,7 +301,7 @@ async fn finish(
         tally.rows,
         tally.succeeded,
         if tally.skipped > 0 {
-            format!("{} skipped (unchanged), ", tally.skipped)
+            format!("{} skipped, ", tally.skipped)
         } else {
             String::new()
         },

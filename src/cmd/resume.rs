@@ -68,7 +68,7 @@ pub async fn run(g: &Global, a: ResumeArgs) -> Result<ExitCode, super::Error> {
     };
     let (sandbox, endpoints) = super::endpoints(&options).await?;
     let source = match rec.source_kind.as_str() {
-        "stdin" => None,
+        "stdin" | "undo" => None,
         "sqlite" => Some(Source::Sqlite {
             path: PathBuf::from(&rec.source),
             table: rec.source_table.clone().unwrap_or_else(|| "edits".into()),
@@ -92,9 +92,11 @@ pub async fn run(g: &Global, a: ResumeArgs) -> Result<ExitCode, super::Error> {
     super::on_signals(cancel.clone(), rec.id.clone());
     let plan = match reader {
         None => {
-            eprintln!(
-                "note: the batch was read from stdin, which cannot be read again; its unfinished rows are sent as recorded"
-            );
+            if rec.source_kind == "stdin" {
+                eprintln!(
+                    "note: the batch was read from stdin, which cannot be read again; its unfinished rows are sent as recorded"
+                );
+            }
             plan::carry_over(&db, &rec.id, pass).await?
         }
         Some(reader) => {

@@ -157,7 +157,7 @@ fn print_detail(d: &report::Detail) {
         more += &format!(", {} held (older than an edit that succeeded)", c.held);
     }
     if c.skipped > 0 {
-        more += &format!(", {} skipped (unchanged)", c.skipped);
+        more += &format!(", {} skipped (never sent; their error says why)", c.skipped);
     }
     crate::outln!(
         "  rows       {}: {} succeeded, {} failed, {} invalid, {} pending{more}",
@@ -170,7 +170,7 @@ fn print_detail(d: &report::Detail) {
     let lv = &d.live;
     if lv.reads > 0 || lv.unchanged > 0 {
         crate::outln!(
-            "  live       {} conversation(s) read first (pre-images), {} read(s) in all; {} row(s) found unchanged{}",
+            "  live       {} conversation(s) read first (pre-images), {} read(s) in all; {} row(s) skipped{}",
             lv.pre_images,
             lv.reads,
             lv.unchanged,
