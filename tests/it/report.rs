@@ -7,7 +7,8 @@ use serde_json::Value;
 
 const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
 
-/// A database made by real runs: the clean night (with a few retries), then the messy one.
+/// A database made by real runs: the clean night (with a few retries), then
+/// the messy one with `--skip-unchanged` (pre-images, skipped rows, diffs).
 async fn nights(w: &Work) -> convoy::sandbox::Sandbox {
     let sb = plain_sandbox().await;
     sb.script(
@@ -43,6 +44,7 @@ async fn nights(w: &Work) -> convoy::sandbox::Sandbox {
             &format!("{MANIFEST}/samples/messy.csv"),
             "--batch",
             "night-2",
+            "--skip-unchanged",
         ],
     )
     .await
