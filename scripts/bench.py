@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """convoy's benchmarks, against the sandbox on loopback (no network).
 
-    python3 scripts/bench.py [throughput|memory|rate|auto|realworld|sandbox|status|plan|resume|all]
+    python3 scripts/bench.py [throughput|memory|rate|auto|realworld|sandbox|status|plan|audit|resume|all]
 
 throughput: 100,000 generated rows, --concurrency 64, no rate limit, full
             audit and snapshots on; rows/s of the whole `convoy run`
@@ -36,6 +36,14 @@ plan:       `convoy plan` of 10,000 rows over 2,500 conversations (2,000
             conversation), wall time, rows judged per second; at 0 and
             ~50 ms of latency, convoy on core 0 and the sandbox on core 1.
             Then `--skip-unchanged` of the same rows, for comparison.
+audit:      the audit database's cost per row, at 20,000, 200,000 and
+            1,000,000 rows (`audit 20k` for one size): convoy pinned to
+            core 0, the sandbox (full seed-shaped snapshots, no request log)
+            to core 1, --concurrency 64, no pace. Rows/s, CPU ms per row
+            (user + system, `/usr/bin/time -v`), peak RSS, seconds to the
+            first call (the plan phase), DB bytes per row beside the bytes
+            of JSON it keeps, each once (request bodies, source rows,
+            responses, reads; the `conversations` view shows responses).
 resume:     a 1,000,000-row batch with ~1% failed rows: `convoy resume`
             sends exactly those; resumed again, it decides "nothing to do";
             both timed beside one read of the source (`run --dry-run`).
@@ -449,6 +457,52 @@ def plan_cost(work, figures):
         print(summary, file=sys.stderr)
 
 
+def audit_cost(work, figures, sizes):
+    for n in sizes:
+        src = os.path.join(work, f"rows-{n}.csv")
+        if not os.path.exists(src):
+            generate(src, n, conversations=max(n // 4, 1))
+        sb = Sandbox("--no-log", pin="1")
+        try:
+            db = os.path.join(work, f"audit-{n}-{time.time_ns()}.db")
+            t0 = time.monotonic()
+            p = subprocess.Popen(["/usr/bin/time", "-v", "taskset", "-c", "0", BIN, "--db", db, "run", src,
+                                  "--concurrency", "64", "--attention-rate", "0", "--vg-rate", "0"],
+                                 env=sb.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            # Off a terminal the plan phase prints one line when it begins and
+            # progress lines after; the first call is the first request served.
+            first_call = None
+            while p.poll() is None and first_call is None:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{sb.port}/_sandbox/metrics", timeout=1) as r:
+                        if json.load(r).get("served", 0) > 0:
+                            first_call = time.monotonic() - t0
+                except Exception:
+                    pass
+                time.sleep(0.05)
+            out, err = p.communicate()
+            secs = time.monotonic() - t0
+        finally:
+            sb.stop()
+        if p.returncode != 0:
+            sys.exit(f"convoy run failed ({p.returncode}):\n{out}\n{err[-3000:]}")
+        rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", err).group(1)) / 1024
+        user = float(re.search(r"User time \(seconds\): ([\d.]+)", err).group(1))
+        system = float(re.search(r"System time \(seconds\): ([\d.]+)", err).group(1))
+        size = sum(os.path.getsize(db + s) for s in ("", "-wal") if os.path.exists(db + s))
+        kept = int(subprocess.run(["sqlite3", db,
+                                   "SELECT (SELECT sum(length(request_body)) + sum(length(response)) + sum(length(source_row)) FROM audit)"
+                                   " + (SELECT COALESCE(sum(length(state)), 0) FROM reads)"],
+                                  capture_output=True, text=True).stdout or 0)
+        figures.append((f"audit, {n:,} rows",
+                        f"{n / secs:,.0f} rows/s; CPU {1000 * (user + system) / n:.3f} ms/row ({user:.1f} s user, {system:.1f} s system); "
+                        f"peak RSS {rss:.1f} MB; first call after {first_call or 0:.1f} s; "
+                        f"DB {size / n:,.0f} B/row for {kept / n:,.0f} B/row of JSON ({size / max(kept, 1):.2f}x)",
+                        "CPU <= 0.08 ms/row, RSS <= 64 MB, DB <= 1.2x JSON, first call <= 30 s at 1M"))
+        print(figures[-1][1], file=sys.stderr)
+        os.remove(db)
+
+
 def sandbox_capacity(work, figures):
     if not shutil.which("wrk"):
         figures.append(("sandbox capacity", "not measured: install wrk (apt-get install wrk)", ">= 20,000 requests/s"))
@@ -487,6 +541,10 @@ def main():
             sandbox_capacity(work, figures)
         if what in ("status", "all"):
             status(work, figures)
+        if what in ("audit", "all"):
+            arg = sys.argv[2] if len(sys.argv) > 2 else None
+            sizes = {"20k": [20_000], "200k": [200_000], "1m": [1_000_000]}.get(arg, [20_000, 200_000, 1_000_000])
+            audit_cost(work, figures, sizes)
         if what in ("plan", "all"):
             plan_cost(work, figures)
         if what in ("resume", "all"):

@@ -1651,7 +1651,7 @@ pub async fn phase(
     let written = writer
         .await
         .map_err(|e| anyhow::anyhow!("the audit writer stopped: {e}"))
-        .and_then(|r| r);
+        .and_then(|r| r.map(|_peak| ()));
     if let Err(e) = written.and(fed) {
         return Err(StoppedEarly(e.context(format!(
             "the audit database {} failed while sending",

@@ -24,6 +24,8 @@ pub struct BatchLine {
     /// Rows that reached an answer (succeeded or failed) per second of sending.
     pub rate_per_second: f64,
     pub counts: Tally,
+    /// What `convoy prune` removed: `bulk` (responses, source rows, pre-images) or `rows`.
+    pub pruned: Option<String>,
 }
 
 /// Every batch, newest first (one query over the status index).
@@ -37,10 +39,11 @@ pub async fn batches(db: &Db, only: Option<&str>) -> anyhow::Result<Vec<BatchLin
         send_seconds: f64,
         first_sent: Option<String>,
         last_answer: Option<String>,
+        pruned: Option<String>,
     }
     // The rows' own times are read only for a batch with no sending time recorded.
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT id, status, created_at, finished_at, send_seconds, \
+        "SELECT id, status, created_at, finished_at, send_seconds, pruned, \
            CASE WHEN send_seconds = 0 THEN (SELECT min(started_at) FROM audit WHERE batch_id = b.id) END AS first_sent, \
            CASE WHEN send_seconds = 0 THEN (SELECT max(finished_at) FROM audit WHERE batch_id = b.id) END AS last_answer \
          FROM batches b WHERE ?1 IS NULL OR id = ?1 ORDER BY created_at DESC, id",
@@ -111,6 +114,7 @@ pub async fn batches(db: &Db, only: Option<&str>) -> anyhow::Result<Vec<BatchLin
                 duration_seconds,
                 send_seconds,
                 counts,
+                pruned: r.pruned,
             }
         })
         .collect())

@@ -8,6 +8,7 @@ pub mod args;
 pub mod completions;
 pub mod failures;
 pub mod plan;
+pub mod prune;
 pub mod resume;
 pub mod run;
 pub mod sandbox;

@@ -2,8 +2,8 @@
 //! or one batch in detail, failures grouped into clusters.
 
 use super::{Global, usage};
-use crate::audit::Db;
 use crate::audit::report::{self, BatchLine};
+use crate::audit::{Db, prune};
 use crate::text::show_duration;
 use clap::Args;
 use std::process::ExitCode;
@@ -33,10 +33,34 @@ pub async fn run(g: &Global, a: StatusArgs) -> Result<ExitCode, super::Error> {
     match &a.batch {
         None => {
             let lines = report::batches(&db, None).await?;
+            let size = prune::size(&db).await?;
+            let month = prune::cutoff(Duration::from_secs(30 * 86_400));
+            let prunable = prune::estimate(&db, &month).await?;
             if a.json {
-                crate::output::json(&serde_json::json!({ "batches": lines }))?;
+                crate::output::json(&serde_json::json!({
+                    "batches": lines,
+                    "database": {
+                        "bytes": size.bytes + size.wal_bytes,
+                        "free_bytes": size.free_bytes,
+                        "prune_30d_frees_about_bytes": prunable,
+                    },
+                }))?;
             } else {
                 print_list(&lines);
+                let mb = |b: u64| format!("{:.1} MB", b as f64 / (1 << 20) as f64);
+                crate::outln!(
+                    "audit database {}: {}{}",
+                    g.db.display(),
+                    mb(size.bytes + size.wal_bytes),
+                    if prunable > 0 {
+                        format!(
+                            "; `convoy prune --before 30d` would free about {} (the bulk of completed batches older than 30 days)",
+                            mb(prunable)
+                        )
+                    } else {
+                        String::new()
+                    }
+                );
             }
         }
         Some(name) => {
@@ -57,6 +81,9 @@ pub async fn run(g: &Global, a: StatusArgs) -> Result<ExitCode, super::Error> {
 }
 
 fn status_word(l: &BatchLine) -> String {
+    if let Some(p) = &l.pruned {
+        return format!("{} (pruned: {p})", l.status);
+    }
     if l.stale {
         "running?".into()
     } else {

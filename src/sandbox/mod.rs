@@ -173,6 +173,8 @@ pub struct State {
     pub served: AtomicU64,
     /// Requests routed: answered or applied (the answer may still wait for its latency).
     routed: AtomicU64,
+    /// Calls to either API (the `/_sandbox` endpoints aside).
+    api_calls: AtomicU64,
     served_changed: tokio::sync::Notify,
 }
 
@@ -220,6 +222,7 @@ impl Sandbox {
             clock_ms: AtomicU64::new(0),
             served: AtomicU64::new(0),
             routed: AtomicU64::new(0),
+            api_calls: AtomicU64::new(0),
             served_changed: tokio::sync::Notify::new(),
         });
         let s = state.clone();
@@ -498,6 +501,9 @@ impl State {
             Some("agents") => Some(Api::Vg),
             _ => None,
         };
+        if api.is_some() {
+            self.api_calls.fetch_add(1, Relaxed);
+        }
         let _in_flight = api.map(|api| InFlight::enter(&self.in_flight[api as usize]));
         let too_many = match (api, self.config.max_in_flight) {
             (Some(api), Some(max)) => self.in_flight[api as usize].load(Relaxed) as usize > max,
@@ -567,6 +573,10 @@ impl State {
         let (api, target): (Api, Target) = match (m, segs.as_slice()) {
             ("GET", ["_sandbox", "requests"]) => {
                 return (Ok(reply(StatusCode::OK, json!(*lock(&self.log)))), None);
+            }
+            ("GET", ["_sandbox", "metrics"]) => {
+                let calls = self.api_calls.load(Relaxed);
+                return (Ok(reply(StatusCode::OK, json!({ "served": calls }))), None);
             }
             ("GET", ["_sandbox", "state"]) => {
                 let w = lock(&self.world);

@@ -260,3 +260,109 @@ async fn failures_round_trip_runs_exactly_those_rows_again() {
     again.sort();
     assert_eq!(again, ["c-bad", "c-flaky"]);
 }
+
+/// `prune` removes completed batches' bulk, never a resumable batch unless
+/// told, keeps each conversation's latest snapshot, gives the space back,
+/// and the README's queries still answer afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_keeps_resumable_batches_and_the_readme_queries_still_answer() {
+    let w = Work::new();
+    let _sb = nights(&w).await;
+    let db = w.db().await;
+    let responses = |batch: &'static str| {
+        let db = db.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM audit WHERE batch_id = ?1 AND response IS NOT NULL",
+            )
+            .bind(batch)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+            n
+        }
+    };
+    let night2 = responses("night-2").await;
+    assert!(night2 > 0 && responses("night-1").await > 0);
+    let snapshots: Vec<(String, String)> =
+        sqlx::query_as("SELECT conversation_id, snapshot FROM conversations ORDER BY 1")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    let bytes = |w: &Work| db_bytes(&w.db).len();
+    let before = bytes(&w);
+
+    let out = w.run(None, &["prune", "--before", "0d"]).await;
+    out.expect(0);
+    assert!(
+        out.stdout().contains("kept night-2 (failed") && out.stdout().contains("resumable"),
+        "{}",
+        out.stdout()
+    );
+    assert!(
+        out.stdout().contains("pruned the bulk of night-1"),
+        "{}",
+        out.stdout()
+    );
+    assert_eq!(
+        responses("night-2").await,
+        night2,
+        "the resumable batch is untouched"
+    );
+    let kept: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit a JOIN latest l ON l.batch_id = a.batch_id AND l.row_key = a.row_key \
+         WHERE a.batch_id = 'night-1'",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(
+        responses("night-1").await,
+        kept,
+        "only the latest snapshots stay"
+    );
+    let after: Vec<(String, String)> =
+        sqlx::query_as("SELECT conversation_id, snapshot FROM conversations ORDER BY 1")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert_eq!(
+        after, snapshots,
+        "every conversation keeps its latest snapshot"
+    );
+    assert!(bytes(&w) < before, "the space went back to the file system");
+    for q in readme_queries() {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(q.clone()))
+            .fetch_all(&db)
+            .await
+            .unwrap_or_else(|e| panic!("README query fails after a prune: {e}\n{q}"));
+        assert!(
+            !rows.is_empty(),
+            "README query answers nothing after a prune:\n{q}"
+        );
+    }
+    let status = w.run(None, &["status"]).await;
+    assert!(
+        status.stdout().contains("(pruned: bulk)"),
+        "{}",
+        status.stdout()
+    );
+
+    // Told to, it prunes the resumable batch too, rows and all.
+    db.close().await;
+    let all = w
+        .run(
+            None,
+            &["prune", "--before", "0d", "--rows", "--include-resumable"],
+        )
+        .await;
+    all.expect(0);
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit a WHERE NOT EXISTS \
+         (SELECT 1 FROM latest l WHERE l.batch_id = a.batch_id AND l.row_key = a.row_key)",
+    )
+    .fetch_one(&w.db().await)
+    .await
+    .unwrap();
+    assert_eq!(left, 0, "{}", all.stdout());
+}
