@@ -1,32 +1,37 @@
 -- convoy audit database, version 5: the same facts in fewer bytes.
 --   conversations: was a table holding a copy of each conversation's latest
---     snapshot, which is also the response of the row that returned it. It
---     is now a view over `latest` (which row returned each conversation's
---     latest snapshot) and that row's `audit.response`: same columns, same
---     answers, one copy of the JSON.
+--     snapshot, which is also the response of the row that returned it (and
+--     was upserted at random places in its B-tree on every outcome). It is
+--     now a view over `audit`: same columns, same answers, one copy of the
+--     JSON, no extra page written per outcome.
 --   attempts: WITHOUT ROWID, so its primary key is the table itself.
 -- (New databases also get 16 KiB pages: a ~2.6 KB audit row filled a 4 KiB
 -- page only half.)
 
-CREATE TABLE latest (
-    api             TEXT NOT NULL,
-    conversation_id TEXT NOT NULL,
-    batch_id        TEXT NOT NULL,
-    row_key         TEXT NOT NULL,
-    PRIMARY KEY (api, conversation_id)
-) WITHOUT ROWID;
-INSERT INTO latest (api, conversation_id, batch_id, row_key)
-SELECT api, conversation_id, batch_id, row_key FROM conversations;
+-- Which rows' responses hold their conversation (set by the writer with
+-- the outcome: no other page is written for it).
+ALTER TABLE audit ADD COLUMN holds_snapshot INTEGER;
+UPDATE audit SET holds_snapshot = 1
+WHERE status = 'succeeded' AND json_valid(response) AND (
+      (api = 'attention' AND (json_type(response, '$.attributes') = 'object'
+                              OR json_type(response, '$.data.attributes') = 'object'))
+   OR (api = 'vg' AND json_type(response, '$.data') = 'object'));
 DROP TABLE conversations;
 
--- The conversation in a response: VG's `data`; Attention's resource (the
--- body itself, or its `data`).
+-- The latest snapshot per conversation: the newest row whose response
+-- holds it (found through `audit_by_conversation`). The conversation in a
+-- response: VG's `data`; Attention's resource (the body itself, or its `data`).
 CREATE VIEW conversations AS
-SELECT l.api, l.conversation_id,
-       CASE WHEN l.api = 'attention' AND json_type(a.response, '$.attributes') IS NOT NULL THEN a.response
+SELECT a.api, a.conversation_id,
+       CASE WHEN a.api = 'attention' AND json_type(a.response, '$.attributes') IS NOT NULL THEN a.response
             ELSE a.response -> '$.data' END AS snapshot,
-       l.batch_id, l.row_key, a.finished_at AS updated_at
-FROM latest l JOIN audit a ON a.batch_id = l.batch_id AND a.row_key = l.row_key;
+       a.batch_id, a.row_key, a.finished_at AS updated_at
+FROM audit a
+WHERE a.holds_snapshot = 1
+  AND NOT EXISTS (SELECT 1 FROM audit n
+                  WHERE n.conversation_id = a.conversation_id AND n.api = a.api AND n.holds_snapshot = 1
+                    AND (n.finished_at > a.finished_at
+                         OR (n.finished_at = a.finished_at AND n.rowid > a.rowid)));
 
 CREATE TABLE attempts_v5 (
     batch_id    TEXT NOT NULL,

@@ -90,7 +90,12 @@ impl Db {
             .create_if_missing(true)
             // A new database gets 16 KiB pages: a row with its ~2.5 KB
             // response fills a 4 KiB page only half, wasting the rest.
-            .page_size(PAGE_SIZE)
+            .page_size(
+                std::env::var("CONVOY_PAGE_SIZE")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(PAGE_SIZE),
+            )
             // Space `convoy prune` frees goes back to the file system
             // without rewriting the whole file (a new database only).
             .auto_vacuum(sqlx::sqlite::SqliteAutoVacuum::Incremental)
@@ -1120,12 +1125,12 @@ pub struct AttemptRecord {
     pub error: Option<String>,
 }
 
-/// A conversation snapshot the API returned.
+/// The row's response holds its conversation's snapshot (`audit.holds_snapshot`):
+/// the newest such row is what the `conversations` view shows.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     pub api: Api,
     pub conversation_id: Arc<str>,
-    pub json: Arc<str>,
 }
 
 /// The end of one row's work in this run.
@@ -1314,22 +1319,30 @@ async fn write_loop(
         // (A row's outcome never precedes its own mark, which it waited for.)
         if !marks.is_empty() || !reads.is_empty() {
             let ids: Vec<i64> = marks.iter().map(|(id, _)| *id).collect();
-            let mut tx = conn.begin().await.context("audit database: begin")?;
-            for (r, _) in &reads {
-                write_read(&mut tx, &batch_id, &at, r)
-                    .await
-                    .context("audit database: record a read")?;
-            }
-            sqlx::query(
+            let mark = sqlx::query(
                 "UPDATE audit SET status = 'in_flight', started_at = COALESCE(started_at, ?1), finished_at = NULL \
                  WHERE rowid IN (SELECT value FROM json_each(?2))",
             )
             .bind(&at)
-            .bind(serde_json::to_string(&ids)?)
-            .execute(&mut *tx)
-            .await
-            .context("audit database: mark rows in flight")?;
-            tx.commit().await.context("audit database: commit")?;
+            .bind(serde_json::to_string(&ids)?);
+            if reads.is_empty() {
+                // One statement commits by itself: one round trip to the
+                // connection's thread instead of three.
+                mark.execute(&mut conn)
+                    .await
+                    .context("audit database: mark rows in flight")?;
+            } else {
+                let mut tx = conn.begin().await.context("audit database: begin")?;
+                for (r, _) in &reads {
+                    write_read(&mut tx, &batch_id, &at, r)
+                        .await
+                        .context("audit database: record a read")?;
+                }
+                mark.execute(&mut *tx)
+                    .await
+                    .context("audit database: mark rows in flight")?;
+                tx.commit().await.context("audit database: commit")?;
+            }
             for (_, ack) in marks.drain(..) {
                 let _ = ack.send(());
             }
@@ -1351,7 +1364,7 @@ async fn write_loop(
             write_attempts(&mut tx, &batch_id, &attempts)
                 .await
                 .context("audit database: record attempts")?;
-            write_outcomes(&mut tx, &batch_id, &at, &outcomes)
+            write_outcomes(&mut tx, &at, &outcomes)
                 .await
                 .context("audit database: record outcomes")?;
             tx.commit().await.context("audit database: commit")?;
@@ -1485,7 +1498,6 @@ async fn write_attempts(
 
 async fn write_outcomes(
     tx: &mut SqliteConnection,
-    batch_id: &str,
     at: &str,
     outcomes: &[Outcome],
 ) -> sqlx::Result<()> {
@@ -1493,13 +1505,13 @@ async fn write_outcomes(
     for size in chunk_sizes(outcomes.len()) {
         let (chunk, tail) = rest.split_at(size);
         rest = tail;
-        // column1 = rowid, then status, attempts, http_status, error, response, changes.
+        // column1 = rowid, then status, attempts, http_status, error, response, changes, holds_snapshot.
         let sql = format!(
             "UPDATE audit SET status = v.column2, attempts = v.column3, http_status = v.column4, error = v.column5, \
-             response = v.column6, changes = COALESCE(v.column7, audit.changes), \
+             response = v.column6, changes = COALESCE(v.column7, audit.changes), holds_snapshot = v.column8, \
              finished_at = CASE WHEN v.column2 = 'pending' THEN NULL ELSE ? END \
              FROM (VALUES {}) AS v WHERE audit.rowid = v.column1",
-            placeholders(size, 7)
+            placeholders(size, 8)
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(at);
         for o in chunk {
@@ -1510,39 +1522,8 @@ async fn write_outcomes(
                 .bind(o.http_status.map(i64::from))
                 .bind(&o.error)
                 .bind(o.response.as_deref())
-                .bind(o.changes.as_deref());
-        }
-        q.execute(&mut *tx).await?;
-    }
-    // Which row holds each conversation's latest snapshot (the
-    // `conversations` view reads it from that row's response): later
-    // outcomes in the group win.
-    let mut latest: Vec<(&Snapshot, &str)> = Vec::new();
-    for o in outcomes.iter().rev() {
-        if let Some(s) = &o.snapshot
-            && !latest
-                .iter()
-                .any(|(l, _)| l.api == s.api && l.conversation_id == s.conversation_id)
-        {
-            latest.push((s, &o.row_key));
-        }
-    }
-    let mut rest = &latest[..];
-    for size in chunk_sizes(latest.len()) {
-        let (chunk, tail) = rest.split_at(size);
-        rest = tail;
-        let sql = format!(
-            "INSERT INTO latest (api, conversation_id, batch_id, row_key) VALUES {} \
-             ON CONFLICT (api, conversation_id) DO UPDATE SET batch_id = excluded.batch_id, row_key = excluded.row_key",
-            placeholders(size, 4)
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (s, row_key) in chunk {
-            q = q
-                .bind(s.api.name())
-                .bind(&*s.conversation_id)
-                .bind(batch_id)
-                .bind(*row_key);
+                .bind(o.changes.as_deref())
+                .bind(o.snapshot.as_ref().map(|_| 1i64));
         }
         q.execute(&mut *tx).await?;
     }

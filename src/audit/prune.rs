@@ -1,7 +1,7 @@
 //! Keeping the audit database for years: which batches `convoy prune` may
 //! touch, removing their bulk (or their rows) in short transactions, and
 //! giving the space back to the file system. Each conversation's latest
-//! snapshot (the row `latest` points at) is always kept.
+//! snapshot (the row the `conversations` view shows) is always kept.
 
 use super::Db;
 use anyhow::Context;
@@ -65,10 +65,10 @@ pub async fn strip(db: &Db, batch_id: &str) -> anyhow::Result<u64> {
     let mut total = 0;
     loop {
         let done = sqlx::query(
-            "UPDATE audit SET response = NULL, source_row = NULL WHERE rowid IN ( \
+            "UPDATE audit SET response = NULL, source_row = NULL, holds_snapshot = NULL WHERE rowid IN ( \
                SELECT a.rowid FROM audit a WHERE a.batch_id = ?1 \
                  AND (a.response IS NOT NULL OR a.source_row IS NOT NULL) \
-                 AND NOT EXISTS (SELECT 1 FROM latest l WHERE l.batch_id = a.batch_id AND l.row_key = a.row_key) \
+                 AND NOT EXISTS (SELECT 1 FROM conversations c WHERE c.batch_id = a.batch_id AND c.row_key = a.row_key) \
                LIMIT ?2)",
         )
         .bind(batch_id)
@@ -100,7 +100,7 @@ pub async fn remove(db: &Db, batch_id: &str) -> anyhow::Result<u64> {
            (SELECT batch_id, row_key, attempt FROM attempts WHERE batch_id = ?1 LIMIT ?2)",
         "DELETE FROM reads WHERE rowid IN (SELECT rowid FROM reads WHERE batch_id = ?1 LIMIT ?2)",
         "DELETE FROM audit WHERE rowid IN (SELECT a.rowid FROM audit a WHERE a.batch_id = ?1 \
-           AND NOT EXISTS (SELECT 1 FROM latest l WHERE l.batch_id = a.batch_id AND l.row_key = a.row_key) LIMIT ?2)",
+           AND NOT EXISTS (SELECT 1 FROM conversations c WHERE c.batch_id = a.batch_id AND c.row_key = a.row_key) LIMIT ?2)",
     ] {
         loop {
             let done = sqlx::query(sqlx::AssertSqlSafe(sql))

@@ -310,7 +310,7 @@ async fn prune_keeps_resumable_batches_and_the_readme_queries_still_answer() {
         "the resumable batch is untouched"
     );
     let kept: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM audit a JOIN latest l ON l.batch_id = a.batch_id AND l.row_key = a.row_key \
+        "SELECT count(*) FROM audit a JOIN conversations c ON c.batch_id = a.batch_id AND c.row_key = a.row_key \
          WHERE a.batch_id = 'night-1'",
     )
     .fetch_one(&db)
@@ -359,7 +359,7 @@ async fn prune_keeps_resumable_batches_and_the_readme_queries_still_answer() {
     all.expect(0);
     let left: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM audit a WHERE NOT EXISTS \
-         (SELECT 1 FROM latest l WHERE l.batch_id = a.batch_id AND l.row_key = a.row_key)",
+         (SELECT 1 FROM conversations c WHERE c.batch_id = a.batch_id AND c.row_key = a.row_key)",
     )
     .fetch_one(&w.db().await)
     .await
