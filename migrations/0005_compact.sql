@@ -58,3 +58,8 @@ DROP INDEX audit_by_batch_conversation;
 -- responses (but each conversation's latest), source rows and pre-images;
 -- 'rows': its rows, attempts and reads (but each conversation's latest row).
 ALTER TABLE batches ADD COLUMN pruned TEXT;
+
+-- What bounded each API in a batch's last pass (JSON array, one object per
+-- API: calls, their rate, the pace, 429s, time paused, calls in flight,
+-- latency, and `bound` in words), for `convoy status NAME`.
+ALTER TABLE batches ADD COLUMN pacing TEXT;

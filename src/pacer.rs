@@ -468,6 +468,8 @@ struct State {
     /// whatever the rate is by then.
     last_start: Option<Instant>,
     paused_until: Option<Instant>,
+    /// All the time calls were held by pauses, overlaps counted once.
+    paused_total: Duration,
     fixed: Option<f64>,
     auto: Option<Auto>,
     /// `auto` remembers what it learned; `0` (unlimited) reacts to 429s the same way but forgets.
@@ -530,6 +532,7 @@ impl Pacer {
             state: Mutex::new(State {
                 last_start: None,
                 paused_until: None,
+                paused_total: Duration::ZERO,
                 fixed,
                 auto,
                 remember,
@@ -584,6 +587,10 @@ impl Pacer {
     pub fn pause_until(&self, until: Instant) {
         let mut s = self.lock();
         if s.paused_until.is_none_or(|p| p < until) {
+            let from = s
+                .paused_until
+                .map_or(Instant::now(), |p| p.max(Instant::now()));
+            s.paused_total += until.saturating_duration_since(from);
             s.paused_until = Some(until);
             self.changed.notify_waiters();
         }
@@ -616,6 +623,11 @@ impl Pacer {
         let until = self.lock().paused_until?;
         let left = until.saturating_duration_since(Instant::now());
         (!left.is_zero()).then_some(left)
+    }
+
+    /// All the time this API's calls were held by pauses so far.
+    pub fn paused_total(&self) -> Duration {
+        self.lock().paused_total
     }
 
     /// Where the pace comes from: `fixed`, `auto`, or `unlimited`.

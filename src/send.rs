@@ -441,6 +441,36 @@ pub struct ApiLane {
     outage: Mutex<Outage>,
     /// While the API is down, one row at a time probes it.
     probe: tokio::sync::Semaphore,
+    /// What bounded the lane, for `status NAME`: calls sent, 429s (and
+    /// spent quotas), calls sent with the in-flight budget full, the most
+    /// rows at once.
+    calls: AtomicU64,
+    limited: AtomicU64,
+    full_sends: AtomicU64,
+    max_running: AtomicU64,
+}
+
+/// What bounded one API in a pass, as `batches.pacing` records it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LanePacing {
+    pub api: &'static str,
+    /// Calls sent (reads too) and their rate over the pass.
+    pub calls: u64,
+    pub calls_per_second: f64,
+    /// The pace at the end, and where it came from (`auto`, `fixed`, `unlimited`).
+    pub pace_per_second: Option<f64>,
+    pub pace_kind: &'static str,
+    /// 429s drawn (and answers saying the quota is spent).
+    pub rate_limited: u64,
+    /// Time every call waited for a `Retry-After`, a spent quota or an outage probe.
+    pub paused_seconds: f64,
+    /// The in-flight budget at the end, and the most rows worked on at once.
+    pub in_flight_budget: usize,
+    pub max_in_flight: u64,
+    /// Smoothed time on the wire at the end.
+    pub latency_ms: f64,
+    /// The one thing that held the API back most, in words.
+    pub bound: String,
 }
 
 /// `--concurrency auto`: the fewest calls in flight a lane keeps, the budget
@@ -469,6 +499,10 @@ impl ApiLane {
             breaker: Mutex::new(Breaker::default()),
             outage: Mutex::new(Outage::new()),
             probe: tokio::sync::Semaphore::new(1),
+            calls: AtomicU64::new(0),
+            limited: AtomicU64::new(0),
+            full_sends: AtomicU64::new(0),
+            max_running: AtomicU64::new(0),
         }
     }
 
@@ -605,6 +639,57 @@ impl Executor {
 
     fn is_stopped(&self, api: Api) -> bool {
         self.lane(api).stopped.load(Relaxed)
+    }
+
+    /// What bounded each API over a pass of `elapsed`, in figures and in words.
+    pub fn pacing(&self, elapsed: Duration) -> Vec<LanePacing> {
+        let secs = elapsed.as_secs_f64().max(0.001);
+        let stops = self.stops();
+        Api::ALL
+            .into_iter()
+            .map(|api| {
+                let lane = self.lane(api);
+                let calls = lane.calls.load(Relaxed);
+                let rate = calls as f64 / secs;
+                let pace = lane.pacer.rate();
+                let paused = lane.pacer.paused_total().as_secs_f64().min(secs);
+                let full = lane.full_sends.load(Relaxed);
+                let stop = stops.iter().find(|s| s.api == api);
+                let bound = if let Some(stop) = stop {
+                    format!("stopped: {:?}", stop.why)
+                } else if calls == 0 {
+                    "no calls".to_owned()
+                } else if paused >= 0.1 * secs {
+                    format!(
+                        "Retry-After pauses: {:.0}% of the time (the API's limit)",
+                        100.0 * paused / secs
+                    )
+                } else if pace.is_some_and(|p| rate >= 0.85 * p) {
+                    format!("its pace ({})", lane.pacer.kind())
+                } else if full * 2 >= calls {
+                    if self.settings.concurrency.is_some() {
+                        "calls in flight (--concurrency)".to_owned()
+                    } else {
+                        "calls in flight (the auto budget)".to_owned()
+                    }
+                } else {
+                    "the API's answers (latency) or the rows themselves".to_owned()
+                };
+                LanePacing {
+                    api: api.name(),
+                    calls,
+                    calls_per_second: rate,
+                    pace_per_second: pace,
+                    pace_kind: lane.pacer.kind(),
+                    rate_limited: lane.limited.load(Relaxed),
+                    paused_seconds: paused,
+                    in_flight_budget: lane.in_flight_limit(self.settings.concurrency),
+                    max_in_flight: lane.max_running.load(Relaxed),
+                    latency_ms: lane.latency_us.load(Relaxed) as f64 / 1000.0,
+                    bound,
+                }
+            })
+            .collect()
     }
 
     /// What bounds each API now, for the progress line: stopped, paused by
@@ -1147,6 +1232,12 @@ impl Executor {
             let sent = Instant::now();
             b.attempt += 1;
             b.spent += 1;
+            let running = lane.running.load(Relaxed);
+            lane.calls.fetch_add(1, Relaxed);
+            lane.max_running.fetch_max(running, Relaxed);
+            if running as usize >= lane.in_flight_limit(self.settings.concurrency) {
+                lane.full_sends.fetch_add(1, Relaxed);
+            }
             let a = self.attempt(job, lane).await;
             if a.http_status.is_some() {
                 lane.observe(sent.elapsed());
@@ -1178,9 +1269,13 @@ impl Executor {
                     if a.quota_spent {
                         // As telling as a 429, without the failed call.
                         lane.pacer.on_429(sent);
+                        lane.limited.fetch_add(1, Relaxed);
                     }
                 }
-                Verdict::RateLimited => lane.pacer.on_429(sent),
+                Verdict::RateLimited => {
+                    lane.pacer.on_429(sent);
+                    lane.limited.fetch_add(1, Relaxed);
+                }
                 _ => {}
             }
             if write {
@@ -1639,6 +1734,7 @@ pub async fn phase(
     let elapsed = started.elapsed();
     let _ = recorder.flush().await;
     let stops = executor.stops();
+    let pacing = executor.pacing(elapsed);
     let outages: Vec<(Api, Duration)> = Api::ALL
         .into_iter()
         .map(|api| (api, executor.lane(api).down_for()))
@@ -1660,6 +1756,7 @@ pub async fn phase(
         .into());
     }
     audit::truncate_wal(db).await;
+    audit::record_pacing(db, batch_id, &serde_json::to_string(&pacing)?).await?;
     for (api, pacer) in Api::ALL.into_iter().zip(pacers) {
         if let Some(rate) = pacer.learned().filter(|r| crate::pacer::sane_rate(*r)) {
             audit::remember_rate(db, api, &endpoints.get(api).base, rate).await?;

@@ -370,6 +370,16 @@ pub async fn set_status(db: &Db, id: &str, status: BatchStatus) -> anyhow::Resul
     Ok(())
 }
 
+/// What bounded each API in the batch's last pass (JSON), for `status NAME`.
+pub async fn record_pacing(db: &Db, id: &str, pacing: &str) -> anyhow::Result<()> {
+    sqlx::query("UPDATE batches SET pacing = ?2 WHERE id = ?1")
+        .bind(id)
+        .bind(pacing)
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
+
 /// Adds a pass's sending time to the batch (its achieved rate is rows over this).
 pub async fn add_send_time(db: &Db, id: &str, elapsed: Duration) -> anyhow::Result<()> {
     sqlx::query("UPDATE batches SET send_seconds = send_seconds + ?2 WHERE id = ?1")

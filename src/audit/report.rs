@@ -175,6 +175,11 @@ pub struct Detail {
     pub not_json: u64,
     /// What the batch did with live state (section 8).
     pub live: LiveCounts,
+    /// What bounded each API in the last pass: one object per API (`calls`,
+    /// `calls_per_second`, `pace_per_second`, `pace_kind`, `rate_limited`,
+    /// `paused_seconds`, `in_flight_budget`, `max_in_flight`, `latency_ms`,
+    /// `bound`).
+    pub pacing: Option<serde_json::Value>,
 }
 
 /// A batch's reads of live state and what they decided.
@@ -382,6 +387,11 @@ pub async fn detail(db: &Db, id: &str) -> anyhow::Result<Option<Detail>> {
         learned_rates: learned_rates(db).await?,
         not_json: not_json(db, id).await?,
         live: live_counts(db, id).await?,
+        pacing: sqlx::query_scalar::<_, Option<String>>("SELECT pacing FROM batches WHERE id = ?1")
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await?
+            .and_then(|p| serde_json::from_str(&p).ok()),
     }))
 }
 

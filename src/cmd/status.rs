@@ -212,6 +212,35 @@ fn print_detail(d: &report::Detail) {
         );
     }
     crate::outln!("  rate       {:.1} rows/s while sending", l.rate_per_second);
+    let lanes: Vec<&serde_json::Value> = d
+        .pacing
+        .as_ref()
+        .and_then(|p| p.as_array())
+        .into_iter()
+        .flatten()
+        .filter(|p| p["calls"].as_u64().unwrap_or(0) > 0)
+        .collect();
+    if !lanes.is_empty() {
+        crate::outln!("  by API (last pass): what held each one back");
+    }
+    for p in lanes {
+        let pace = match p["pace_per_second"].as_f64() {
+            Some(r) => format!("paced {r:.1}/s {}", p["pace_kind"].as_str().unwrap_or("")),
+            None => "unpaced".to_owned(),
+        };
+        crate::outln!(
+            "    {:<9} {} calls at {:.1}/s, {pace}; {} 429s, paused {:.1}s; up to {} in flight (budget {}), {:.0} ms on the wire; bound by {}",
+            p["api"].as_str().unwrap_or("?"),
+            p["calls"],
+            p["calls_per_second"].as_f64().unwrap_or(0.0),
+            p["rate_limited"],
+            p["paused_seconds"].as_f64().unwrap_or(0.0),
+            p["max_in_flight"],
+            p["in_flight_budget"],
+            p["latency_ms"].as_f64().unwrap_or(0.0),
+            p["bound"].as_str().unwrap_or("?"),
+        );
+    }
     crate::outln!("  by op");
     for o in &d.by_op {
         let c = &o.counts;

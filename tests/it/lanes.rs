@@ -130,3 +130,39 @@ async fn after_a_sigkill_every_in_flight_row_had_been_sent() {
         );
     }
 }
+
+/// `status NAME` says what held each API back in the last pass: here a
+/// fixed pace for Attention, which drew no 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_says_what_bounded_each_api() {
+    let sb = plain_sandbox().await;
+    let w = Work::new();
+    w.write(
+        "n.csv",
+        &csv("op,conversation_id,agent_id,state", &mixed_rows(30, 5)),
+    );
+    w.run(
+        Some(&sb),
+        &[
+            "run",
+            "n.csv",
+            "--batch",
+            "night",
+            "--attention-rate",
+            "40/s",
+            "-q",
+        ],
+    )
+    .await
+    .expect(0);
+    let out = w.run(None, &["status", "night", "--json"]).await;
+    let d: serde_json::Value = serde_json::from_str(&out.stdout()).unwrap();
+    let lanes = d["pacing"].as_array().unwrap();
+    let att = lanes.iter().find(|l| l["api"] == "attention").unwrap();
+    assert_eq!(att["calls"], 30);
+    assert_eq!(att["rate_limited"], 0);
+    assert_eq!(att["pace_kind"], "fixed");
+    assert!(att["bound"].as_str().unwrap().contains("its pace"), "{att}");
+    let text = w.run(None, &["status", "night"]).await.stdout();
+    assert!(text.contains("bound by its pace (fixed)"), "{text}");
+}
