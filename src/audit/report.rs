@@ -232,7 +232,7 @@ pub async fn conflicts(db: &Db, id: &str) -> anyhow::Result<Vec<(String, String,
 }
 
 /// One row of a plan, as `convoy plan` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct PlanRow {
     pub row_number: i64,
     pub row_key: String,
@@ -243,8 +243,15 @@ pub struct PlanRow {
     /// `pending` (changes something, or would fail: see `error`), `skipped`, `invalid`.
     pub status: String,
     pub error: Option<String>,
-    /// Field by field: `{"labels": {"before": ..., "after": ...}}`.
-    pub changes: Option<serde_json::Value>,
+    /// Field by field: `{"labels": {"before": ..., "after": ...}}` (JSON text,
+    /// printed by `--json` as JSON).
+    #[serde(serialize_with = "as_json")]
+    pub changes: Option<String>,
+}
+
+fn as_json<S: serde::Serializer>(text: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    let v: Option<serde_json::Value> = text.as_deref().and_then(|t| serde_json::from_str(t).ok());
+    v.serialize(s)
 }
 
 /// Every row of a batch, conversation by conversation (in source order
@@ -255,49 +262,14 @@ pub async fn plan_rows(
     mut each: impl FnMut(PlanRow) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     use futures::TryStreamExt;
-    #[allow(clippy::type_complexity)]
-    let mut rows = sqlx::query_as::<
-        _,
-        (
-            i64,
-            String,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            String,
-            Option<String>,
-            Option<String>,
-        ),
-    >(
+    let mut rows = sqlx::query_as::<_, PlanRow>(
         "SELECT row_number, row_key, api, op, conversation_id, agent_id, status, error, changes \
          FROM audit WHERE batch_id = ?1 ORDER BY api, conversation_id, row_number",
     )
     .bind(id)
     .fetch(&db.pool);
-    while let Some((
-        row_number,
-        row_key,
-        api,
-        op,
-        conversation_id,
-        agent_id,
-        status,
-        error,
-        changes,
-    )) = rows.try_next().await?
-    {
-        each(PlanRow {
-            row_number,
-            row_key,
-            api,
-            op,
-            conversation_id,
-            agent_id,
-            status,
-            error,
-            changes: changes.and_then(|c| serde_json::from_str(&c).ok()),
-        })?;
+    while let Some(row) = rows.try_next().await? {
+        each(row)?;
     }
     Ok(())
 }

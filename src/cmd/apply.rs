@@ -4,7 +4,7 @@
 
 use super::args::{BatchOutput, ExecArgs};
 use super::{Global, send_batch, usage};
-use crate::audit::{self, BatchStatus, Db};
+use crate::audit::{self, BatchStatus};
 use crate::options::{Live, Options};
 use crate::send;
 use crate::text::shell_quote;
@@ -28,21 +28,12 @@ pub async fn run(g: &Global, a: ApplyArgs) -> Result<ExitCode, super::Error> {
     if a.out.json {
         crate::output::text_to_stderr();
     }
-    if a.exec.skip_unchanged || a.exec.changed_only || a.exec.capture_before {
-        return Err(usage(
-            "apply sends what the plan judged; --skip-unchanged, --changed-only and --capture-before belong to run",
-        ));
-    }
-    if !g.db.exists() {
-        return Err(usage(format_args!(
-            "no audit database at {}; pass --db",
-            g.db.display()
-        )));
-    }
+    a.exec
+        .refuse_live_flags("apply sends what the plan judged")?;
     if let Err(e) = super::check_free_space(&g.db, a.exec.min_free) {
         return Err(usage(e));
     }
-    let db = Db::open(&g.db).await?;
+    let db = super::open_existing(g).await?;
     let q = shell_quote(&a.batch);
     let missing = || {
         usage(format_args!(

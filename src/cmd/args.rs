@@ -20,6 +20,21 @@ pub struct DbArg {
     pub db: Option<PathBuf>,
 }
 
+/// What a new batch reads, and its name: `run` and `plan`.
+#[derive(Debug, Args, Clone)]
+pub struct SourceArgs {
+    /// A .csv file, - for CSV on stdin, or a SQLite file (see --table).
+    pub source: String,
+
+    /// The batch name [default: the source's stem and a UTC timestamp]
+    #[arg(long)]
+    pub batch: Option<String>,
+
+    /// The table of a SQLite source [default: edits]
+    #[arg(long)]
+    pub table: Option<String>,
+}
+
 /// What `run` and `resume` print, and where the database is.
 #[derive(Debug, Args, Clone, Default)]
 pub struct BatchOutput {
@@ -118,6 +133,19 @@ pub struct ExecArgs {
     /// Read each conversation just before its first edit and record it (its pre-image), so that `convoy undo` can put it back. One GET per conversation.
     #[arg(long, help_heading = "Live state")]
     pub capture_before: bool,
+}
+
+impl ExecArgs {
+    /// `plan`, `apply` and `undo` judge rows their own way: the live-state
+    /// flags of `run` and `resume` are refused there, saying why.
+    pub fn refuse_live_flags(&self, why: &str) -> Result<(), super::Error> {
+        if self.skip_unchanged || self.changed_only || self.capture_before {
+            return Err(super::usage(format_args!(
+                "{why}; --skip-unchanged, --changed-only and --capture-before belong to run and resume"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// How rows are read: shared by `run` and `resume`.

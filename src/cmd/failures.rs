@@ -3,7 +3,6 @@
 //! and feed back to `convoy run` (which ignores those three columns).
 
 use super::{Global, usage};
-use crate::audit::Db;
 use crate::audit::report;
 use clap::Args;
 use std::path::PathBuf;
@@ -27,13 +26,7 @@ pub struct FailuresArgs {
 }
 
 pub async fn run(g: &Global, a: FailuresArgs) -> Result<ExitCode, super::Error> {
-    if !g.db.exists() {
-        return Err(usage(format_args!(
-            "no audit database at {}; pass --db",
-            g.db.display()
-        )));
-    }
-    let db = Db::open(&g.db).await?;
+    let db = super::open_existing(g).await?;
     if !crate::audit::batch_exists(&db, &a.batch).await? {
         return Err(usage(format_args!(
             "no batch {:?} in {}; `convoy status` lists them",

@@ -101,6 +101,19 @@ impl Error {
     }
 }
 
+/// Opens the audit database of a command that reads what batches left
+/// (everything but `run` and `plan`): a missing one is a usage error, never
+/// silently created.
+pub async fn open_existing(g: &Global) -> Result<audit::Db, Error> {
+    if !g.db.exists() {
+        return Err(usage(format_args!(
+            "no audit database at {}; run a batch first, or pass --db",
+            g.db.display()
+        )));
+    }
+    Ok(audit::Db::open(&g.db).await?)
+}
+
 /// A usage, configuration or source error: exit 2, nothing sent.
 pub fn usage(msg: impl std::fmt::Display) -> Error {
     Error::Usage(msg.to_string())

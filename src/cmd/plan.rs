@@ -17,16 +17,8 @@ use std::process::ExitCode;
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
-    /// A .csv file, - for CSV on stdin, or a SQLite file (see --table).
-    pub source: String,
-
-    /// The batch name [default: the source's stem and a UTC timestamp]
-    #[arg(long)]
-    pub batch: Option<String>,
-
-    /// The table of a SQLite source [default: edits]
-    #[arg(long)]
-    pub table: Option<String>,
+    #[command(flatten)]
+    pub src: super::args::SourceArgs,
 
     #[command(flatten)]
     pub input: InputArgs,
@@ -56,8 +48,8 @@ pub async fn run(g: &Global, a: PlanArgs) -> Result<ExitCode, super::Error> {
     }
     let mut options = super::args::resolve(&a.exec, &a.input, None).map_err(usage)?;
     options.live = Live::Plan;
-    let source = Source::from_arg(&a.source, a.table.as_deref()).map_err(usage)?;
-    check_name(a.batch.as_deref())?;
+    let source = Source::from_arg(&a.src.source, a.src.table.as_deref()).map_err(usage)?;
+    check_name(a.src.batch.as_deref())?;
     let (sandbox, endpoints) = super::endpoints(&options).await?;
     let reader = source::open(&source, options.default_op(), options.csv_format())
         .await
@@ -66,7 +58,7 @@ pub async fn run(g: &Global, a: PlanArgs) -> Result<ExitCode, super::Error> {
         eprintln!("warning: {w}");
     }
     let new = NewBatch {
-        batch: a.batch.as_deref(),
+        batch: a.src.batch.as_deref(),
         min_free: a.exec.min_free,
     };
     let started = start(
@@ -252,7 +244,11 @@ fn show_row(r: &PlanRow) {
             .map(|o| o.split_once('.').map_or(o, |(_, name)| name))
             .unwrap_or("?");
     let head = format!("  row {} {op}", r.row_number);
-    match (r.status.as_str(), &r.changes, &r.error) {
+    let changes: Option<serde_json::Value> = r
+        .changes
+        .as_deref()
+        .and_then(|c| serde_json::from_str(c).ok());
+    match (r.status.as_str(), &changes, &r.error) {
         ("skipped", _, Some(why)) => crate::outln!("{head}: {why}"),
         (_, Some(serde_json::Value::Object(c)), _) => {
             for (i, line) in live::describe(c).into_iter().enumerate() {

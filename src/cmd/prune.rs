@@ -51,13 +51,7 @@ pub async fn run(g: &Global, a: PruneArgs) -> Result<ExitCode, super::Error> {
             "say which batches: --before AGE (like 30d) and/or --keep-batches N",
         ));
     }
-    if !g.db.exists() {
-        return Err(usage(format_args!(
-            "no audit database at {}; pass --db",
-            g.db.display()
-        )));
-    }
-    let db = Db::open(&g.db).await?;
+    let db = super::open_existing(g).await?;
     let cutoff = a.before.map(prune::cutoff);
     let all = prune::candidates(&db, cutoff.as_deref(), a.keep_batches).await?;
     let what = if a.rows { "rows" } else { "bulk" };

@@ -3,7 +3,7 @@
 
 use super::args::{ExecArgs, InputArgs};
 use super::{Global, send_batch, usage};
-use crate::audit::{self, Db};
+use crate::audit;
 use crate::plan::{self, PlanError};
 use crate::progress::Progress;
 use crate::send;
@@ -32,16 +32,10 @@ pub async fn run(g: &Global, a: ResumeArgs) -> Result<ExitCode, super::Error> {
     if a.out.json {
         crate::output::text_to_stderr();
     }
-    if !g.db.exists() {
-        return Err(usage(format_args!(
-            "no audit database at {}; pass --db",
-            g.db.display()
-        )));
-    }
     if let Err(e) = super::check_free_space(&g.db, a.exec.min_free) {
         return Err(usage(e));
     }
-    let db = Db::open(&g.db).await?;
+    let db = super::open_existing(g).await?;
     let Some(rec) = audit::load::<crate::options::Options>(&db, &a.batch).await? else {
         return Err(usage(format_args!(
             "no batch {:?} in {}; `convoy status` lists them",

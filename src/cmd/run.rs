@@ -14,16 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// A .csv file, - for CSV on stdin, or a SQLite file (see --table).
-    pub source: String,
-
-    /// The batch name [default: the source's stem and a UTC timestamp]
-    #[arg(long)]
-    pub batch: Option<String>,
-
-    /// The table of a SQLite source [default: edits]
-    #[arg(long)]
-    pub table: Option<String>,
+    #[command(flatten)]
+    pub src: super::args::SourceArgs,
 
     /// Validate and print each call that would be sent (method, URL, body); send nothing, write nothing.
     #[arg(long)]
@@ -47,11 +39,11 @@ pub async fn run(g: &Global, a: RunArgs) -> Result<ExitCode, super::Error> {
         Ok(o) => o,
         Err(e) => return Err(usage(e)),
     };
-    let source = match Source::from_arg(&a.source, a.table.as_deref()) {
+    let source = match Source::from_arg(&a.src.source, a.src.table.as_deref()) {
         Ok(s) => s,
         Err(e) => return Err(usage(e)),
     };
-    check_name(a.batch.as_deref())?;
+    check_name(a.src.batch.as_deref())?;
     let (sandbox, endpoints) = super::endpoints(&options).await?;
     let reader = match source::open(&source, options.default_op(), options.csv_format()).await {
         Ok(r) => r,
@@ -74,7 +66,7 @@ pub async fn run(g: &Global, a: RunArgs) -> Result<ExitCode, super::Error> {
     } = match start(
         g,
         &NewBatch {
-            batch: a.batch.as_deref(),
+            batch: a.src.batch.as_deref(),
             min_free: a.exec.min_free,
         },
         &source,

@@ -2,8 +2,8 @@
 //! or one batch in detail, failures grouped into clusters.
 
 use super::{Global, usage};
+use crate::audit::prune;
 use crate::audit::report::{self, BatchLine};
-use crate::audit::{Db, prune};
 use crate::text::show_duration;
 use clap::Args;
 use std::process::ExitCode;
@@ -23,13 +23,7 @@ pub struct StatusArgs {
 }
 
 pub async fn run(g: &Global, a: StatusArgs) -> Result<ExitCode, super::Error> {
-    if !g.db.exists() {
-        return Err(usage(format_args!(
-            "no audit database at {}; run a batch first, or pass --db",
-            g.db.display()
-        )));
-    }
-    let db = Db::open(&g.db).await?;
+    let db = super::open_existing(g).await?;
     match &a.batch {
         None => {
             let lines = report::batches(&db, None).await?;

@@ -5,7 +5,7 @@
 
 use super::args::{BatchOutput, ExecArgs, InputArgs};
 use super::{Global, exit, send_batch, usage};
-use crate::audit::{self, BatchStatus, Db, Origin};
+use crate::audit::{self, BatchStatus, Origin};
 use crate::options::{Live, Options};
 use crate::plan::PlanSummary;
 use crate::text::shell_quote;
@@ -45,18 +45,9 @@ pub async fn run(g: &Global, a: UndoArgs) -> Result<ExitCode, super::Error> {
     if a.out.json {
         crate::output::text_to_stderr();
     }
-    if a.exec.skip_unchanged || a.exec.changed_only || a.exec.capture_before {
-        return Err(usage(
-            "undo reads each conversation before undoing it; --skip-unchanged, --changed-only and --capture-before belong to run",
-        ));
-    }
-    if !g.db.exists() {
-        return Err(usage(format_args!(
-            "no audit database at {}; pass --db",
-            g.db.display()
-        )));
-    }
-    let db = Db::open(&g.db).await?;
+    a.exec
+        .refuse_live_flags("undo reads each conversation before undoing it")?;
+    let db = super::open_existing(g).await?;
     let Some(rec) = audit::load::<Options>(&db, &a.batch).await? else {
         return Err(usage(format_args!(
             "no batch {:?} in {}; `convoy status` lists them",

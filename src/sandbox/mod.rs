@@ -343,23 +343,19 @@ impl Sandbox {
 
     /// Returns once the sandbox has received at least `n` requests (tests).
     pub async fn served_at_least(&self, n: u64) {
-        loop {
-            let changed = self.state.served_changed.notified();
-            if self.state.served.load(Relaxed) >= n {
-                return;
-            }
-            changed.await;
-        }
+        self.count_reaches(&self.state.served, n).await;
     }
-}
 
-impl Sandbox {
     /// Returns once at least `n` requests were routed: their edit applied (or
     /// refused), though their answer may still wait for its latency (tests).
     pub async fn routed_at_least(&self, n: u64) {
+        self.count_reaches(&self.state.routed, n).await;
+    }
+
+    async fn count_reaches(&self, count: &AtomicU64, n: u64) {
         loop {
             let changed = self.state.served_changed.notified();
-            if self.state.routed.load(Relaxed) >= n {
+            if count.load(Relaxed) >= n {
                 return;
             }
             changed.await;
