@@ -14,7 +14,7 @@
 //! | [`call`] | the request builder (edit → method, URL, body); endpoints, keys, secrets |
 //! | `live` | live state: a conversation as read, and what each row's call does to it (replay, diffs, verifying reads) |
 //! | `pacer` | pacing one API: fixed rates, `Retry-After` pauses, `auto` |
-//! | [`audit`] | the audit database: every query, the batch records, the single batched writer, batch locks; `audit::report` reads it back (batch list, detail, failure clusters, CSV export) |
+//! | [`audit`] | the audit database: every query, the batch records, the single batched writer, batch locks; `audit::report` reads it back (batch list, detail, failure clusters, CSV export, plans); `audit::prune` removes old batches' bulk |
 //! | `options` | a batch's effective options, as recorded |
 //! | `send` | the send phase: one lane per API (reader, in-flight budget, pacer), per-conversation order, retries |
 //! | `progress` | the progress bar and plain progress lines |

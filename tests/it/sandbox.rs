@@ -239,6 +239,60 @@ async fn snapshots_are_full_and_tags_merge_without_duplicates() {
     assert_eq!(doc["attributes"]["labels"], json!({"b": "2"}));
 }
 
+/// What `undo` relies on: no call restores an archive, a VG tag once
+/// merged in cannot be taken out, and a CRM confirmation sent twice is held
+/// twice (it always adds).
+#[tokio::test]
+async fn an_archive_has_no_restore_tags_only_merge_and_a_confirmation_always_adds() {
+    let sb = plain_sandbox().await;
+    call(&sb, "DELETE", "/v2/conversations/c", KEY, None).await;
+    let (status, _) = call(
+        &sb,
+        "PUT",
+        "/v2/conversations/c",
+        KEY,
+        Some(json!({"archived": false})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (_, doc) = call(&sb, "GET", "/v2/conversations/c", KEY, None).await;
+    assert_eq!(doc["attributes"]["archived"], true);
+
+    let patch = |tags: Value| Some(json!({"conversation": {"tags": tags}}));
+    call(
+        &sb,
+        "PATCH",
+        "/agents/a/convos/v",
+        TOKEN,
+        patch(json!(["x"])),
+    )
+    .await;
+    let (_, doc) = call(&sb, "PATCH", "/agents/a/convos/v", TOKEN, patch(json!([]))).await;
+    assert_eq!(doc["data"]["tags"], json!(["x"]));
+
+    let confirm = || Some(json!({"intelligence": [{"key": "next", "value": "demo"}]}));
+    call(
+        &sb,
+        "POST",
+        "/v2/conversations/d/crm/confirm",
+        KEY,
+        confirm(),
+    )
+    .await;
+    let (_, doc) = call(
+        &sb,
+        "POST",
+        "/v2/conversations/d/crm/confirm",
+        KEY,
+        confirm(),
+    )
+    .await;
+    let held = doc["attributes"]["confirmedExtractedIntelligence"]
+        .as_object()
+        .unwrap();
+    assert_eq!(held.keys().collect::<Vec<_>>(), ["next", "next#2"]);
+}
+
 #[tokio::test]
 async fn the_rate_limit_answers_429_with_retry_after_per_api() {
     let sb = sandbox(Config {
