@@ -452,3 +452,45 @@ async fn undo_leaves_a_conversation_changed_since_alone_unless_forced() {
         dry.stdout()
     );
 }
+
+/// A batch made with `plan` + `apply`, or with `--skip-unchanged`, has its
+/// pre-images already: `undo` needs no `--capture-before`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_and_apply_or_skip_unchanged_leave_pre_images_for_undo() {
+    let sb = plain_sandbox().await;
+    let w = Work::new();
+    let set = |stage: &str| {
+        format!(
+            "op,conversation_id,labels\nattention.set_labels,c1,\"{{\"\"s\"\":\"\"{stage}\"\"}}\"\n"
+        )
+    };
+    w.write("a.csv", &set("a"));
+    w.write("b.csv", &set("b"));
+    w.run(Some(&sb), &["plan", "a.csv", "--batch", "planned", "-q"])
+        .await
+        .expect(0);
+    w.run(Some(&sb), &["apply", "planned", "-q"])
+        .await
+        .expect(0);
+    w.run(
+        Some(&sb),
+        &[
+            "run",
+            "b.csv",
+            "--batch",
+            "skipping",
+            "--skip-unchanged",
+            "-q",
+        ],
+    )
+    .await
+    .expect(0);
+    let labels = || sb.attention_conversation("c1").unwrap()["labels"].clone();
+    assert_eq!(labels(), serde_json::json!({"s": "b"}));
+    w.run(Some(&sb), &["undo", "skipping", "-q"])
+        .await
+        .expect(0);
+    assert_eq!(labels(), serde_json::json!({"s": "a"}));
+    w.run(Some(&sb), &["undo", "planned", "-q"]).await.expect(0);
+    assert_eq!(labels(), serde_json::json!({}));
+}
