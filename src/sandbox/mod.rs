@@ -175,6 +175,8 @@ pub struct State {
     routed: AtomicU64,
     /// Calls to either API (the `/_sandbox` endpoints aside).
     api_calls: AtomicU64,
+    /// TCP connections accepted.
+    pub connections: AtomicU64,
     served_changed: tokio::sync::Notify,
 }
 
@@ -223,6 +225,7 @@ impl Sandbox {
             served: AtomicU64::new(0),
             routed: AtomicU64::new(0),
             api_calls: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
             served_changed: tokio::sync::Notify::new(),
         });
         let s = state.clone();
@@ -237,6 +240,7 @@ impl Sandbox {
                 let stream = match listener.accept().await {
                     Ok((stream, _)) => {
                         backoff = Duration::from_millis(1);
+                        s.connections.fetch_add(1, Relaxed);
                         stream
                     }
                     Err(_) => {
@@ -339,6 +343,11 @@ impl Sandbox {
 
     pub fn set_rate_limit(&self, per_sec: Option<f64>) {
         self.state.set_rate_limit(per_sec);
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(Relaxed)
     }
 
     /// Returns once the sandbox has received at least `n` requests (tests).
@@ -572,7 +581,9 @@ impl State {
             }
             ("GET", ["_sandbox", "metrics"]) => {
                 let calls = self.api_calls.load(Relaxed);
-                return (Ok(reply(StatusCode::OK, json!({ "served": calls }))), None);
+                let connections = self.connections.load(Relaxed);
+                let body = json!({ "served": calls, "connections": connections });
+                return (Ok(reply(StatusCode::OK, body)), None);
             }
             ("GET", ["_sandbox", "state"]) => {
                 let w = lock(&self.world);
