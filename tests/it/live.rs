@@ -104,8 +104,18 @@ async fn a_plan_skips_exactly_the_applied_half_and_apply_sends_the_rest() {
         .map(|r| r.segments[..].join("/"))
         .collect();
     assert_eq!(sent.len(), 9, "apply sends exactly the rest: {sent:?}");
-    // A second apply is refused: the batch is no longer a plan.
+    // A second apply is refused: the batch is no longer a plan. A resume
+    // sends nothing: skipped rows are never sent, and are not "gone" either.
     w.run(Some(&sb), &["apply", "night"]).await.expect(2);
+    let writes_after = writes(&sb);
+    let resumed = w.run(Some(&sb), &["resume", "night", "-q"]).await;
+    resumed.expect(0);
+    assert_eq!(writes(&sb), writes_after, "a resume sent a skipped row");
+    assert!(
+        !resumed.stderr().contains("no longer in the source"),
+        "{}",
+        resumed.stderr()
+    );
 
     // The same world as one plain run of the whole night.
     let plain = plain_sandbox().await;
