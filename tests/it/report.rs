@@ -366,3 +366,73 @@ async fn prune_keeps_resumable_batches_and_the_readme_queries_still_answer() {
     .unwrap();
     assert_eq!(left, 0, "{}", all.stdout());
 }
+
+/// A database made by an earlier convoy (migrations 0001-0003: a
+/// `conversations` table holding copies of the snapshots) upgrades in
+/// place: the `conversations` view answers with the same snapshots, and
+/// the batch reads as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_database_of_an_earlier_version_upgrades_with_its_snapshots() {
+    let w = Work::new();
+    // The earlier schema, applied as that convoy applied it.
+    let old = w.path("migrations-0003");
+    std::fs::create_dir_all(&old).unwrap();
+    for f in [
+        "0001_init.sql",
+        "0002_reports.sql",
+        "0003_held_and_skipped.sql",
+    ] {
+        std::fs::copy(format!("{MANIFEST}/migrations/{f}"), old.join(f)).unwrap();
+    }
+    let pool = sqlx::sqlite::SqlitePool::connect_with(
+        sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&w.db)
+            .create_if_missing(true),
+    )
+    .await
+    .unwrap();
+    sqlx::migrate::Migrator::new(old.as_path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    let attention =
+        r#"{"type":"conversations","id":"c1","attributes":{"uuid":"c1","labels":{"s":"x"}}}"#;
+    let vg_data = r#"{"ID":"v1","state":"open"}"#;
+    let vg = format!(r#"{{"success":true,"message":"Conversation updated","data":{vg_data}}}"#);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO batches (id, source, source_kind, status, created_at) VALUES ('old', 'n.csv', 'csv', 'completed', '2026-11-01T03:00:00.000Z');
+         INSERT INTO audit (batch_id, row_key, row_number, row_hash, op, api, conversation_id, agent_id, method, url, status, response, finished_at)
+           VALUES ('old', '1', 1, 'h1', 'attention.set_labels', 'attention', 'c1', NULL, 'PUT', 'u', 'succeeded', '{attention}', '2026-11-01T03:00:01.000Z'),
+                  ('old', '2', 2, 'h2', 'vg.update', 'vg', 'v1', 'a', 'PATCH', 'u', 'succeeded', '{vg}', '2026-11-01T03:00:02.000Z');
+         INSERT INTO conversations (api, conversation_id, snapshot, batch_id, row_key, updated_at)
+           VALUES ('attention', 'c1', '{attention}', 'old', '1', '2026-11-01T03:00:01.000Z'),
+                  ('vg', 'v1', '{vg_data}', 'old', '2', '2026-11-01T03:00:02.000Z');"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    let out = w.run(None, &["status", "old"]).await;
+    out.expect(0);
+    assert!(
+        out.stdout().contains("rows       2: 2 succeeded"),
+        "{}",
+        out.stdout()
+    );
+    let db = w.db().await;
+    let snapshots: Vec<(String, String)> =
+        sqlx::query_as("SELECT conversation_id, snapshot FROM conversations ORDER BY 1")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert_eq!(
+        snapshots,
+        [
+            ("c1".to_owned(), attention.to_owned()),
+            ("v1".to_owned(), vg_data.to_owned()),
+        ]
+    );
+}
