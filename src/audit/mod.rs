@@ -414,6 +414,8 @@ pub struct BatchRecord<O> {
     pub options: O,
     pub pid: Option<i64>,
     pub passes: i64,
+    /// When the last pass ended (for a plan: when it was judged).
+    pub finished_at: Option<String>,
 }
 
 /// A batch as recorded, its options read as `O` (the commands' `Options`).
@@ -431,9 +433,10 @@ pub async fn load<O: serde::de::DeserializeOwned>(
         options: String,
         pid: Option<i64>,
         passes: i64,
+        finished_at: Option<String>,
     }
     let row: Option<Row> = sqlx::query_as(
-        "SELECT id, source, source_kind, source_table, status, options, pid, passes FROM batches WHERE id = ?1",
+        "SELECT id, source, source_kind, source_table, status, options, pid, passes, finished_at FROM batches WHERE id = ?1",
     )
     .bind(id)
     .fetch_optional(&db.pool)
@@ -451,6 +454,7 @@ pub async fn load<O: serde::de::DeserializeOwned>(
         options,
         pid: r.pid,
         passes: r.passes,
+        finished_at: r.finished_at,
     }))
 }
 

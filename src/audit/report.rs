@@ -474,6 +474,13 @@ pub async fn export_failures(
         None => "('failed', 'invalid', 'held', 'pending', 'in_flight')",
     };
     let rows = unfinished(db, id, statuses).await?;
+    // A plan's pending rows are what `apply` sends, not failures: only
+    // those that would fail (an `error` says why) are exported.
+    let planned: bool = sqlx::query_scalar("SELECT status = 'planned' FROM batches WHERE id = ?1")
+        .bind(id)
+        .fetch_optional(&db.pool)
+        .await?
+        .unwrap_or(false);
     let mut n = 0;
     for Unfinished {
         row_number,
@@ -485,6 +492,9 @@ pub async fn export_failures(
         ..
     } in rows
     {
+        if planned && status == "pending" && error.is_none() {
+            continue;
+        }
         if let Some(c) = cluster
             && (c.status != status
                 || c.api != api

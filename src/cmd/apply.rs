@@ -24,6 +24,9 @@ pub struct ApplyArgs {
     pub out: BatchOutput,
 }
 
+/// A plan older than this is applied with a warning.
+const STALE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 pub async fn run(g: &Global, a: ApplyArgs) -> Result<ExitCode, super::Error> {
     if a.out.json {
         crate::output::text_to_stderr();
@@ -55,6 +58,18 @@ pub async fn run(g: &Global, a: ApplyArgs) -> Result<ExitCode, super::Error> {
             "batch {:?} is {}, not planned; `convoy resume {q}` continues it",
             rec.id, rec.status
         )));
+    }
+    if let Some(age) = rec
+        .finished_at
+        .as_deref()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .and_then(|t| (chrono::Utc::now() - t.to_utc()).to_std().ok())
+        .filter(|age| *age > STALE)
+    {
+        eprintln!(
+            "warning: this plan was judged {} ago; the conversations may have changed since (`convoy plan` again shows the night as it is now)",
+            crate::text::show_duration(age)
+        );
     }
     let input = super::args::InputArgs::default();
     let mut options = super::args::resolve(&a.exec, &input, Some(&rec.options)).map_err(usage)?;

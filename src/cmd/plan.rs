@@ -121,6 +121,8 @@ pub async fn run(g: &Global, a: PlanArgs) -> Result<ExitCode, super::Error> {
             exit::STOPPED
         }));
     }
+    // Its `finished_at` says when it was judged (`apply` warns when that is long ago).
+    audit::set_status(&db, &name, BatchStatus::Planned).await?;
     let summary = show(&db, &name, a.out.json, sandbox.is_some()).await?;
     if !a.out.json {
         crate::outln!(

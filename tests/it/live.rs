@@ -154,6 +154,11 @@ async fn a_plan_reports_an_unknown_conversation_before_the_night() {
     let v: Value = serde_json::from_str(&json.stdout()).unwrap();
     assert_eq!(v["summary"]["fail"], 1);
     assert_eq!(v["rows"].as_array().unwrap().len(), 2);
+    // `failures` of a plan exports what would fail, not what apply will send.
+    let failures = w.run(None, &["failures", "p"]).await;
+    failures.expect(0);
+    let out = failures.stdout();
+    assert!(out.contains("gone-1") && !out.contains("c1,"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -503,4 +508,28 @@ async fn plan_and_apply_or_skip_unchanged_leave_pre_images_for_undo() {
     assert_eq!(labels(), serde_json::json!({"s": "a"}));
     w.run(Some(&sb), &["undo", "planned", "-q"]).await.expect(0);
     assert_eq!(labels(), serde_json::json!({}));
+}
+
+/// A plan is judged when it is made: applying one made long ago warns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applying_an_old_plan_warns_that_it_may_be_stale() {
+    let sb = plain_sandbox().await;
+    let w = Work::new();
+    w.write("n.csv", "op,conversation_id\nattention.archive,c1\n");
+    w.run(Some(&sb), &["plan", "n.csv", "--batch", "p", "-q"])
+        .await
+        .expect(0);
+    sqlx::query(
+        "UPDATE batches SET finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-3 hours') WHERE id = 'p'",
+    )
+    .execute(&w.db().await)
+    .await
+    .unwrap();
+    let out = w.run(Some(&sb), &["apply", "p", "-q"]).await;
+    out.expect(0);
+    assert!(
+        out.stderr().contains("this plan was judged 3h"),
+        "{}",
+        out.stderr()
+    );
 }
