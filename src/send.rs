@@ -43,7 +43,7 @@ pub struct Job {
     pub prior_attempts: u32,
     pub op: Arc<str>,
     pub agent_id: Option<String>,
-    /// `GET` of the row's conversation.
+    /// `GET` of the row's conversation (empty when the row is never read).
     pub read_url: String,
     /// Left `in_flight` by an earlier pass: its outcome is unknown.
     pub in_doubt: bool,
@@ -1706,12 +1706,15 @@ pub async fn phase(
     // own loop, so neither API ever waits for the other.
     let lanes = Api::ALL.map(|api| {
         let (tx, rx) = mpsc::channel(1024);
+        // The read URL is built only for rows that may be read: those of a
+        // batch that reads live state, in-doubt rows, and CRM confirmations.
         let base = endpoints.get(api).base.clone();
+        let reads = options.live.reads();
         let feeder = tokio::spawn(feed(
             db.clone(),
             batch_id.to_owned(),
             pass,
-            (api, base),
+            (api, base, reads),
             until,
             tx,
         ));
@@ -1797,7 +1800,7 @@ async fn feed(
     db: Db,
     batch_id: String,
     pass: i64,
-    (lane, base): (Api, String),
+    (lane, base, reads): (Api, String, bool),
     until: Option<i64>,
     tx: mpsc::Sender<Job>,
 ) -> anyhow::Result<()> {
@@ -1820,7 +1823,13 @@ async fn feed(
                 audit::mark_unreadable(&db, r.id).await?;
                 continue;
             };
-            let read_url = live::read_url(api, &base, &conversation_id, r.agent_id.as_deref());
+            let in_doubt = r.status == "in_flight";
+            let may_read = reads || in_doubt || r.op.as_deref() == Some("attention.confirm_crm");
+            let read_url = if may_read {
+                live::read_url(api, &base, &conversation_id, r.agent_id.as_deref())
+            } else {
+                String::new()
+            };
             let job = Job {
                 id: r.id,
                 row_key: Arc::from(r.row_key),
@@ -1833,7 +1842,7 @@ async fn feed(
                 op: Arc::from(r.op.unwrap_or_default()),
                 agent_id: r.agent_id,
                 read_url,
-                in_doubt: r.status == "in_flight",
+                in_doubt,
                 pre_image: r.pre_image,
                 changes: r.changes,
                 before: r.before,

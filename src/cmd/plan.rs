@@ -37,13 +37,11 @@ pub async fn run(g: &Global, a: PlanArgs) -> Result<ExitCode, super::Error> {
     if a.out.json {
         crate::output::text_to_stderr();
     }
-    if a.exec.skip_unchanged
-        || a.exec.changed_only
-        || a.exec.capture_before
-        || a.exec.limit.is_some()
-    {
+    a.exec
+        .refuse_live_flags("plan reads every conversation and judges every row")?;
+    if a.exec.limit.is_some() {
         return Err(usage(
-            "plan reads every conversation and judges every row; --skip-unchanged, --changed-only, --capture-before and --limit belong to run",
+            "plan judges every row; --limit belongs to run, resume and apply",
         ));
     }
     let mut options = super::args::resolve(&a.exec, &a.input, None).map_err(usage)?;
