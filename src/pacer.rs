@@ -106,6 +106,128 @@ const KEPT_UP: f64 = 0.8;
 pub fn sane_rate(rate: f64) -> bool {
     rate.is_finite() && (AUTO_FLOOR..=AUTO_CEILING).contains(&rate)
 }
+/// What a cap on concurrent calls says of a 429.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Explains {
+    Yes,
+    No,
+    /// The cap found is no cap: the 429 is a rate signal after all.
+    Refuted,
+}
+
+/// The most calls on the wire a lane ever has (`send`'s ceiling): the
+/// largest cap [`Cap`] can find.
+pub const MOST_ON_WIRE: usize = 256;
+/// A cap is found only after this many 429s, all above it.
+const CAP_EVIDENCE: u32 = 6;
+/// A cap is refuted by this many 429s with no more than it on the wire.
+const CAP_REFUTED: u32 = 3;
+/// A cap of K is taken only once the calls reached this share of K ÷ latency.
+const CAP_REACHED: f64 = 0.6;
+
+/// Finds an API's cap on concurrent calls. A cap of K answers 429 only to
+/// a call that finds K others being served, so (nearly) every 429 comes with
+/// more than K calls on the wire, and next to none of the successes do. A
+/// rate limit answers 429 with any number on the wire, among successes that
+/// had as many or more. So with K the most calls on the wire under which
+/// hardly any 429 came (one in 10 may: calls sent an instant apart reach
+/// the API in either order): at least six 429s, successes at K or fewer
+/// many times over, and hardly any above (one in 20), mean a cap of K.
+///
+/// Once found, a 429 with more than K on the wire is the cap's, not a rate
+/// signal, and the lane keeps at most K calls on the wire.
+#[derive(Debug, Clone)]
+pub struct Cap {
+    /// Successes by calls on the wire when they were sent (index 0 unused).
+    ok: Vec<u32>,
+    /// 429s, the same way, and how many of each.
+    no: Vec<u32>,
+    limited: u32,
+    successes: u32,
+    found: Option<usize>,
+    /// 429s that came with the cap's count or fewer on the wire. At three,
+    /// the cap is refuted: none explains them, and none is found again in
+    /// this run.
+    under_cap: u32,
+    refuted: bool,
+}
+
+impl Cap {
+    pub fn new(remembered: Option<usize>) -> Cap {
+        Cap {
+            ok: vec![0; MOST_ON_WIRE + 2],
+            no: vec![0; MOST_ON_WIRE + 2],
+            limited: 0,
+            successes: 0,
+            found: remembered.filter(|k| (1..=MOST_ON_WIRE).contains(k)),
+            under_cap: 0,
+            refuted: false,
+        }
+    }
+
+    /// The cap found (or remembered), if any.
+    pub fn found(&self) -> Option<usize> {
+        self.found
+    }
+
+    /// A call sent with `wire` calls on the wire (itself included)
+    /// succeeded. Returns whether it is time to look for a cap again.
+    fn on_success(&mut self, wire: usize) -> bool {
+        self.ok[wire.clamp(1, MOST_ON_WIRE + 1)] += 1;
+        self.successes = self.successes.wrapping_add(1);
+        self.successes.is_multiple_of(32)
+    }
+
+    /// A call sent with `wire` calls on the wire drew a 429: whether a cap
+    /// found before explains it, or it refutes one (`No`: look for a cap).
+    fn on_429(&mut self, wire: usize) -> Explains {
+        match self.found {
+            Some(k) if wire > k => return Explains::Yes,
+            Some(_) => {
+                // Kept to the cap, the API still said 429: once may be a
+                // call overtaken on the way, three times is a rate limit.
+                self.under_cap += 1;
+                if self.under_cap < CAP_REFUTED {
+                    return Explains::Yes;
+                }
+                self.found = None;
+                self.refuted = true;
+                return Explains::Refuted;
+            }
+            None => {}
+        }
+        self.no[wire.clamp(1, MOST_ON_WIRE + 1)] += 1;
+        self.limited += 1;
+        Explains::No
+    }
+
+    /// The cap the answers so far point to, if any: `k` such that hardly
+    /// any 429 came with `k` or fewer on the wire, and hardly any success
+    /// with more.
+    fn candidate(&self) -> Option<usize> {
+        if self.found.is_some() || self.refuted || self.limited < CAP_EVIDENCE {
+            return None;
+        }
+        // K: the most on the wire with next to no 429s at or under it (a
+        // call sent just before another can reach the API just after it).
+        let stray = self.limited / 10;
+        let mut seen = 0;
+        let mut k = 0;
+        while k < MOST_ON_WIRE && seen + self.no[k + 1] <= stray {
+            seen += self.no[k + 1];
+            k += 1;
+        }
+        if k == 0 {
+            return None;
+        }
+        let at_or_under: u32 = self.ok[1..=k].iter().sum();
+        let over: u32 = self.ok[k + 1..].iter().sum();
+        let limited_over = self.limited - seen;
+        (at_or_under >= 4 * k as u32 && over * 20 <= at_or_under && over <= limited_over)
+            .then_some(k)
+    }
+}
+
 /// Slow start doubles the rate this often until the first 429.
 const SLOW_START_STEP: Duration = Duration::from_millis(200);
 /// While climbing, how long a level must run without a 429 before the next step.
@@ -167,7 +289,7 @@ enum Phase {
 /// - Two 429s at a rate that had held, close together, mean the limit
 ///   dropped: the rate follows the new estimate, and the old rate is probed
 ///   every few seconds so a recovered limit is followed quickly.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Auto {
     ceiling: Option<f64>,
     phase: Phase,
@@ -201,6 +323,13 @@ pub struct Auto {
     /// The last 429 at a rate that had held, and the hold before it.
     held_failed: Option<(Instant, f64)>,
     last_cut: Option<Instant>,
+    /// A cap on concurrent calls, which explains 429s that are no rate signal.
+    cap: Cap,
+    /// The pace as it was when a cap was found, taken up again if the cap
+    /// is refuted.
+    shelved: Option<Box<Auto>>,
+    /// The calls' time on the wire, smoothed (seconds; 0 before the first).
+    latency: f64,
 }
 
 impl Auto {
@@ -224,6 +353,9 @@ impl Auto {
             before_drop: None,
             held_failed: None,
             last_cut: None,
+            cap: Cap::new(None),
+            shelved: None,
+            latency: 0.0,
         };
         if let Some(r) = remembered.filter(|r| sane_rate(*r)) {
             a.phase = Phase::Steady;
@@ -235,6 +367,54 @@ impl Auto {
             a.climb_at = Some(now + PROBE_RARELY);
         }
         a
+    }
+
+    /// Starts from a cap on concurrent calls an earlier run found.
+    pub fn with_cap(mut self, remembered: Option<usize>) -> Auto {
+        self.cap = Cap::new(remembered);
+        self
+    }
+
+    /// The API's cap on concurrent calls, once found (or remembered).
+    pub fn cap(&self) -> Option<usize> {
+        self.cap.found()
+    }
+
+    /// Takes the cap the answers point to, if the calls did go about as fast
+    /// as it allows: K calls on the wire, each on it for the latency, carry
+    /// K ÷ latency calls a second. (A token bucket's burst of K, met by calls
+    /// kept few on the wire by the pace, looks like a cap of K, but its
+    /// limit is well under K ÷ latency at any latency where that shows.)
+    fn look_for_cap(&mut self, now: Instant) -> bool {
+        let Some(k) = self.cap.candidate() else {
+            return false;
+        };
+        let reached = self.proven.max(self.estimate(now).unwrap_or(0.0));
+        if self.latency <= 0.0 || reached < CAP_REACHED * k as f64 / self.latency {
+            return false;
+        }
+        self.cap.found = Some(k);
+        self.start_over(now);
+        true
+    }
+
+    /// The 429s so far were the cap's: what they taught of a rate is void,
+    /// so pacing starts over, unpaced, under the cap.
+    fn start_over(&mut self, now: Instant) {
+        let cap = std::mem::replace(&mut self.cap, Cap::new(None));
+        let mut before = std::mem::replace(self, Auto::new(self.ceiling, None, now));
+        before.shelved = None;
+        self.shelved = Some(Box::new(before));
+        self.cap = cap;
+    }
+
+    /// The cap was refuted: the pace taken up again is the one it shelved.
+    fn take_up_shelved(&mut self) {
+        if let Some(before) = self.shelved.take() {
+            let cap = std::mem::replace(&mut self.cap, Cap::new(None));
+            *self = *before;
+            self.cap = cap;
+        }
     }
 
     /// The pace in calls per second; `None` while unpaced (and no ceiling).
@@ -278,8 +458,18 @@ impl Auto {
             .map_or(Duration::ZERO, |at| now.saturating_duration_since(at))
     }
 
-    /// A call sent at `sent` succeeded; its answer came at `now`.
-    pub fn on_success(&mut self, sent: Instant, now: Instant) {
+    /// A call sent at `sent`, with `wire` calls on the wire (itself
+    /// included), succeeded; its answer came at `now`.
+    pub fn on_success(&mut self, sent: Instant, now: Instant, wire: usize) {
+        let took = now.saturating_duration_since(sent).as_secs_f64();
+        self.latency = if self.latency == 0.0 {
+            took
+        } else {
+            self.latency * 0.875 + took * 0.125
+        };
+        if self.cap.on_success(wire) {
+            self.look_for_cap(now);
+        }
         if self.unpaced_until.is_some_and(|c| sent < c) {
             // Part of the unpaced start, answered after its first 429 (on a
             // slow wire most of the burst is): slow start begins from it.
@@ -377,8 +567,24 @@ impl Auto {
         best
     }
 
-    /// A call sent at `sent` drew a 429; its answer came at `now`.
-    pub fn on_429(&mut self, sent: Instant, now: Instant) {
+    /// A call sent at `sent`, with `wire` calls on the wire, drew a 429;
+    /// its answer came at `now`.
+    pub fn on_429(&mut self, sent: Instant, now: Instant, wire: usize) {
+        let known = self.cap.found().is_some();
+        match self.cap.on_429(wire) {
+            Explains::Yes => {
+                if !known {
+                    self.start_over(now);
+                }
+                return;
+            }
+            Explains::Refuted => self.take_up_shelved(),
+            Explains::No => {
+                if self.look_for_cap(now) {
+                    return;
+                }
+            }
+        }
         // One cut per episode: 429s answering calls already on the wire don't
         // cut again, nor do those of calls that passed the pacer just before
         // the cut was made (sent an instant after it: with a fast API, the
@@ -509,6 +715,27 @@ impl State {
     }
 }
 
+/// What `auto` learned of an API on an earlier run.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Remembered {
+    /// The pace.
+    pub rate: Option<f64>,
+    /// The API's cap on concurrent calls.
+    pub in_flight: Option<usize>,
+}
+
+impl Remembered {
+    /// What was stored, each part dropped unless it is sane.
+    pub fn checked(rate: Option<f64>, in_flight: Option<i64>) -> Remembered {
+        Remembered {
+            rate: rate.filter(|r| sane_rate(*r)),
+            in_flight: in_flight
+                .and_then(|k| usize::try_from(k).ok())
+                .filter(|k| (1..=MOST_ON_WIRE).contains(k)),
+        }
+    }
+}
+
 /// One API's pace. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Pacer {
@@ -520,13 +747,16 @@ pub struct Pacer {
 }
 
 impl Pacer {
-    /// `remembered`: the rate `auto` learned on an earlier run, if any.
-    pub fn new(spec: RateSpec, remembered: Option<f64>) -> Pacer {
+    /// `remembered`: what `auto` learned on an earlier run.
+    pub fn new(spec: RateSpec, remembered: Remembered) -> Pacer {
         let now = Instant::now();
         let (fixed, auto, remember) = match spec {
             RateSpec::Unlimited => (None, Some(Auto::new(None, None, now)), false),
             RateSpec::Fixed(r) => (Some(r), None, false),
-            RateSpec::Auto { ceiling } => (None, Some(Auto::new(ceiling, remembered, now)), true),
+            RateSpec::Auto { ceiling } => {
+                let a = Auto::new(ceiling, remembered.rate, now).with_cap(remembered.in_flight);
+                (None, Some(a), true)
+            }
         };
         Pacer {
             state: Mutex::new(State {
@@ -597,25 +827,45 @@ impl Pacer {
     }
 
     /// Tells `auto` of an answer; wakes the waiting caller if the rate changed.
-    fn tell(&self, sent: Instant, event: impl FnOnce(&mut Auto, Instant, Instant)) {
+    fn tell(
+        &self,
+        sent: Instant,
+        wire: usize,
+        event: impl FnOnce(&mut Auto, Instant, Instant, usize),
+    ) {
         let mut s = self.lock();
         if let Some(a) = s.auto.as_mut() {
             let before = a.rate();
-            event(a, sent, Instant::now());
+            event(a, sent, Instant::now(), wire);
             if a.rate() != before {
                 self.changed.notify_waiters();
             }
         }
     }
 
-    /// A call that started at `sent` succeeded.
-    pub fn on_success(&self, sent: Instant) {
-        self.tell(sent, Auto::on_success);
+    /// A call that started at `sent`, with `wire` calls on the wire
+    /// (itself included), succeeded.
+    pub fn on_success(&self, sent: Instant, wire: usize) {
+        self.tell(sent, wire, Auto::on_success);
     }
 
-    /// A call that started at `sent` drew a 429.
-    pub fn on_429(&self, sent: Instant) {
-        self.tell(sent, Auto::on_429);
+    /// A call that started at `sent`, with `wire` calls on the wire, drew a 429.
+    pub fn on_429(&self, sent: Instant, wire: usize) {
+        self.tell(sent, wire, Auto::on_429);
+    }
+
+    /// The API's cap on concurrent calls, once found or remembered.
+    pub fn cap(&self) -> Option<usize> {
+        self.lock().auto.as_ref().and_then(Auto::cap)
+    }
+
+    /// The cap on concurrent calls worth remembering for the next run.
+    pub fn learned_cap(&self) -> Option<usize> {
+        let s = self.lock();
+        if !s.remember {
+            return None;
+        }
+        s.auto.as_ref().and_then(Auto::cap)
     }
 
     /// How long a `Retry-After` (or a spent quota) still holds every call.
@@ -686,7 +936,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn fixed_rate_spaces_calls_evenly() {
-        let p = Pacer::new(RateSpec::Fixed(50.0), None);
+        let p = Pacer::new(RateSpec::Fixed(50.0), Remembered::default());
         let t0 = Instant::now();
         let mut starts = Vec::new();
         for _ in 0..101 {
@@ -712,7 +962,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_pause_holds_everyone_then_resumes_at_pace() {
-        let p = std::sync::Arc::new(Pacer::new(RateSpec::Fixed(10.0), None));
+        let p = std::sync::Arc::new(Pacer::new(RateSpec::Fixed(10.0), Remembered::default()));
         let t0 = Instant::now();
         p.pause_until(t0 + Duration::from_secs(5));
         let mut tasks = Vec::new();
@@ -739,7 +989,8 @@ mod tests {
     /// A simulated API: GCRA with `slack` seconds of tolerance (the
     /// sandbox's is a tenth of a second), answering 429 with `Retry-After:
     /// 1`; calls reach it `latency / 2` after they are sent and are answered
-    /// `latency` after. The client keeps at most 8 calls in flight and sends
+    /// `latency` after. The client keeps at most 8 calls in flight (fewer
+    /// under a cap found, as the lanes do) and sends
     /// as its pacer allows (every 2 ms when unpaced).
     struct Api<L: Fn(f64) -> f64> {
         limit_at: L,
@@ -777,24 +1028,25 @@ mod tests {
         let at = |t: f64| t0 + Duration::from_secs_f64(t);
         let (mut tat, mut paused_until, mut last_send) = (0.0f64, 0.0f64, f64::NEG_INFINITY);
         let (mut done, mut rejected, mut t) = (0, 0, 0.0f64);
-        // (answered at, sent at, accepted)
-        let mut in_flight: VecDeque<(f64, f64, bool)> = VecDeque::new();
+        // (answered at, sent at, accepted, calls on the wire at send)
+        let mut in_flight: VecDeque<(f64, f64, bool, usize)> = VecDeque::new();
         let mut trace = Vec::new();
         while done < rows {
             let gap = a.rate().map_or(0.002, |r| 1.0 / r);
             let send_at = (last_send + gap).max(paused_until).max(t);
-            let can_send = in_flight.len() < 8 && done + in_flight.len() < rows;
+            let cap = a.cap().unwrap_or(8).min(8);
+            let can_send = in_flight.len() < cap && done + in_flight.len() < rows;
             match in_flight.front() {
-                Some(&(answered, sent, ok)) if !can_send || answered <= send_at => {
+                Some(&(answered, sent, ok, wire)) if !can_send || answered <= send_at => {
                     in_flight.pop_front();
                     t = answered;
                     if ok {
                         done += 1;
-                        a.on_success(at(sent), at(t));
+                        a.on_success(at(sent), at(t), wire);
                     } else {
                         rejected += 1;
                         paused_until = paused_until.max(t + 1.0);
-                        a.on_429(at(sent), at(t));
+                        a.on_429(at(sent), at(t), wire);
                     }
                 }
                 _ => {
@@ -807,7 +1059,8 @@ mod tests {
                     if ok {
                         tat = tat.max(arrives) + interval;
                     }
-                    in_flight.push_back((t + api.latency, t, ok));
+                    let wire = in_flight.len() + 1;
+                    in_flight.push_back((t + api.latency, t, ok, wire));
                 }
             }
             trace.push((t, a.rate().unwrap_or(f64::INFINITY)));
@@ -934,12 +1187,12 @@ mod tests {
             (Duration::from_secs(2), 4.0, 2.0),
         ] {
             let mut a = Auto::new(None, None, t0);
-            a.on_429(t0, t0); // one stray 429, then no limit at all
+            a.on_429(t0, t0, 1); // one stray 429, then no limit at all
             let mut now = t0;
             for _ in 0..100_000 {
                 let pace = Duration::from_secs_f64(1.0 / a.rate().unwrap());
                 now += pace.max(wire.div_f64(in_flight));
-                a.on_success(now.checked_sub(wire).unwrap_or(t0), now);
+                a.on_success(now.checked_sub(wire).unwrap_or(t0), now, 1);
             }
             let rate = a.rate().unwrap();
             assert!(sane_rate(rate), "{rate}");
@@ -965,12 +1218,78 @@ mod tests {
         let ms = |n| t0 + Duration::from_millis(n);
         let mut a = Auto::new(None, None, t0);
         for i in 0..4 {
-            a.on_success(ms(i), ms(i + 1));
+            a.on_success(ms(i), ms(i + 1), 1);
         }
-        a.on_429(ms(4), ms(5));
+        a.on_429(ms(4), ms(5), 1);
         assert_eq!(a.phase, Phase::SlowStart);
         let rate = a.rate();
-        a.on_429(ms(6), ms(7));
+        a.on_429(ms(6), ms(7), 1);
         assert_eq!((a.phase, a.rate()), (Phase::SlowStart, rate));
+    }
+
+    /// Calls sent `wire` at a time, every 50 ms, as an API with a cap of 8
+    /// answers them: a 429 for each call beyond 8 on the wire.
+    fn capped(a: &mut Auto, t0: Instant, rounds: u64, wire: usize) {
+        for r in 0..rounds {
+            let sent = t0 + Duration::from_millis(50 * r);
+            let answered = sent + Duration::from_millis(50);
+            for w in 1..=wire {
+                if w > 8 {
+                    a.on_429(sent, answered, w);
+                } else {
+                    a.on_success(sent, answered, w);
+                }
+            }
+        }
+    }
+
+    /// An API that limits calls in flight, not their rate: its 429s came
+    /// only with more than 8 on the wire, among many successes with 8 or
+    /// fewer. `auto` takes it as a cap of 8, drops the pace it had learned
+    /// from those 429s, and ignores the cap's 429s from then on. A 429 with
+    /// 8 or fewer on the wire, three times, refutes it.
+    #[test]
+    fn a_cap_on_calls_in_flight_is_found_not_learned_as_a_rate() {
+        let t0 = Instant::now();
+        let mut a = Auto::new(None, None, t0);
+        capped(&mut a, t0, 40, 10);
+        assert_eq!(a.cap(), Some(8));
+        assert_eq!(a.rate(), None, "unpaced under the cap");
+        assert_eq!(a.learned(), None, "no rate learned from the cap's 429s");
+        // The cap's own 429s (a row back from a backoff) are no rate signal.
+        let later = t0 + Duration::from_secs(3);
+        a.on_429(later, later, 9);
+        assert_eq!((a.cap(), a.rate()), (Some(8), None));
+        // A remembered cap is where the next night starts.
+        assert_eq!(Auto::new(None, None, t0).with_cap(Some(8)).cap(), Some(8));
+        for i in 0..3 {
+            let at = later + Duration::from_millis(i);
+            a.on_429(at, at, 5);
+        }
+        assert_eq!(a.cap(), None, "refuted");
+        assert!(a.rate().is_some(), "paced as a rate limit again");
+    }
+
+    /// A rate limit's 429s come with few and many calls on the wire alike,
+    /// among successes with as many: no cap.
+    #[test]
+    fn a_rate_limits_429s_are_no_cap() {
+        let t0 = Instant::now();
+        let mut a = Auto::new(None, None, t0);
+        for r in 0..400u64 {
+            let sent = t0 + Duration::from_millis(5 * r);
+            let w = 1 + (r % 12) as usize;
+            let answered = sent + Duration::from_millis(50);
+            if r % 9 == 0 {
+                a.on_429(sent, answered, w);
+            } else {
+                a.on_success(sent, answered, w);
+            }
+        }
+        assert_eq!(a.cap(), None);
+        // An absurd remembered cap is not a starting point.
+        assert_eq!(Remembered::checked(None, Some(0)).in_flight, None);
+        assert_eq!(Remembered::checked(None, Some(100_000)).in_flight, None);
+        assert_eq!(Remembered::checked(Some(f64::NAN), Some(8)).rate, None);
     }
 }

@@ -14,8 +14,8 @@ use crate::call::{Endpoint, Endpoints};
 use crate::edit::Api;
 use crate::live;
 use crate::options::{Live, Options};
-use crate::pacer::Pacer;
 use crate::pacer::RateSpec;
+use crate::pacer::{Pacer, Remembered};
 use crate::progress::{Counters, Progress};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -435,6 +435,10 @@ pub struct ApiLane {
     /// Rows of this lane being worked on now (waiting for the pace, or on
     /// the wire); a row sleeping in its retry backoff does not count.
     running: AtomicU64,
+    /// Calls of this lane on the wire now: sent and not yet answered; and
+    /// a wake-up when one is answered, for calls held by the API's cap.
+    on_wire: AtomicU64,
+    wire_freed: tokio::sync::Notify,
     /// Wakes the lane's loop when a row frees its slot for a backoff.
     freed: tokio::sync::Notify,
     breaker: Mutex<Breaker>,
@@ -495,6 +499,8 @@ impl ApiLane {
             latency_us: AtomicU64::new(0),
             answered: AtomicU64::new(0),
             running: AtomicU64::new(0),
+            on_wire: AtomicU64::new(0),
+            wire_freed: tokio::sync::Notify::new(),
             freed: tokio::sync::Notify::new(),
             breaker: Mutex::new(Breaker::default()),
             outage: Mutex::new(Outage::new()),
@@ -522,9 +528,14 @@ impl ApiLane {
     /// grows by one per answer from 16, as TCP's slow start does, so a far
     /// API is never held to a fixed few calls in flight.
     pub fn in_flight_limit(&self, cap: Option<usize>) -> usize {
+        let found = self.pacer.cap().unwrap_or(usize::MAX);
         if let Some(cap) = cap {
-            return cap.max(1);
+            return cap.min(found).max(1);
         }
+        self.auto_in_flight().min(found)
+    }
+
+    fn auto_in_flight(&self) -> usize {
         let latency = self.latency_us.load(Relaxed) as f64 / 1e6;
         match self.pacer.rate() {
             Some(rate) if latency > 0.0 => {
@@ -547,6 +558,28 @@ impl ApiLane {
             })
         });
         self.answered.fetch_add(1, Relaxed);
+    }
+}
+
+/// One call on the wire: counted from its send to its answer (or until it
+/// is dropped), so the count stays true if the call is cancelled.
+struct OnWire<'a> {
+    lane: &'a ApiLane,
+    /// Calls on the wire when this one was sent, itself included.
+    at_send: usize,
+}
+
+impl OnWire<'_> {
+    /// The call was answered: how many were on the wire when it was sent.
+    fn leave(self) -> usize {
+        self.at_send
+    }
+}
+
+impl Drop for OnWire<'_> {
+    fn drop(&mut self) {
+        self.lane.on_wire.fetch_sub(1, Relaxed);
+        self.lane.wire_freed.notify_one();
     }
 }
 
@@ -1229,6 +1262,11 @@ impl Executor {
             } else {
                 None
             };
+            // Rows back from a backoff can outnumber the API's cap on
+            // concurrent calls: the wire itself keeps to it.
+            let Some(wire_count) = self.onto_wire(lane).await else {
+                return End::Pending(Some("interrupted before it was sent".to_owned()));
+            };
             let sent = Instant::now();
             b.attempt += 1;
             b.spent += 1;
@@ -1239,6 +1277,7 @@ impl Executor {
                 lane.full_sends.fetch_add(1, Relaxed);
             }
             let a = self.attempt(job, lane).await;
+            let sent_with = wire_count.leave();
             if a.http_status.is_some() {
                 lane.observe(sent.elapsed());
             }
@@ -1265,15 +1304,15 @@ impl Executor {
             }
             match verdict {
                 Verdict::Success => {
-                    lane.pacer.on_success(sent);
+                    lane.pacer.on_success(sent, sent_with);
                     if a.quota_spent {
                         // As telling as a 429, without the failed call.
-                        lane.pacer.on_429(sent);
+                        lane.pacer.on_429(sent, 1);
                         lane.limited.fetch_add(1, Relaxed);
                     }
                 }
                 Verdict::RateLimited => {
-                    lane.pacer.on_429(sent);
+                    lane.pacer.on_429(sent, sent_with);
                     lane.limited.fetch_add(1, Relaxed);
                 }
                 _ => {}
@@ -1321,6 +1360,30 @@ impl Executor {
     async fn left_pending(&self, outcome: Outcome) {
         self.counters.left_pending.fetch_add(1, Relaxed);
         let _ = self.recorder.finished(outcome).await;
+    }
+
+    /// Puts a call on the wire once the API's cap on concurrent calls (when
+    /// one was found) allows; `None` if the batch is cancelled meanwhile.
+    async fn onto_wire<'a>(&self, lane: &'a ApiLane) -> Option<OnWire<'a>> {
+        loop {
+            let freed = lane.wire_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let cap = lane.pacer.cap().map_or(u64::MAX, |k| k as u64);
+            if let Ok(before) = lane
+                .on_wire
+                .fetch_update(Relaxed, Relaxed, |n| (n < cap).then_some(n + 1))
+            {
+                return Some(OnWire {
+                    lane,
+                    at_send: before as usize + 1,
+                });
+            }
+            tokio::select! {
+                _ = freed => {}
+                _ = self.cancel.cancelled() => return None,
+            }
+        }
     }
 
     async fn attempt(&self, job: &Job, lane: &ApiLane) -> Attempted {
@@ -1669,10 +1732,11 @@ pub async fn phase(
     for api in Api::ALL {
         let spec = options.rate(api);
         let remembered = match spec {
-            RateSpec::Auto { .. } => audit::learned_rate(db, api, &endpoints.get(api).base)
-                .await?
-                .filter(|r| crate::pacer::sane_rate(*r)),
-            _ => None,
+            RateSpec::Auto { .. } => {
+                let (rate, in_flight) = audit::learned(db, api, &endpoints.get(api).base).await?;
+                Remembered::checked(rate, in_flight)
+            }
+            _ => Remembered::default(),
         };
         lanes.push(ApiLane::new(
             endpoints.get(api),
@@ -1761,9 +1825,9 @@ pub async fn phase(
     audit::truncate_wal(db).await;
     audit::record_pacing(db, batch_id, &serde_json::to_string(&pacing)?).await?;
     for (api, pacer) in Api::ALL.into_iter().zip(pacers) {
-        if let Some(rate) = pacer.learned().filter(|r| crate::pacer::sane_rate(*r)) {
-            audit::remember_rate(db, api, &endpoints.get(api).base, rate).await?;
-        }
+        let rate = pacer.learned().filter(|r| crate::pacer::sane_rate(*r));
+        let base = &endpoints.get(api).base;
+        audit::remember(db, api, base, rate, pacer.learned_cap()).await?;
     }
     Ok(ExecReport {
         stops,

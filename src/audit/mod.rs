@@ -1086,26 +1086,41 @@ pub async fn nth_sendable(
     .await?)
 }
 
-/// The rate `auto` learned for an API at a base URL, as stored.
-pub async fn learned_rate(db: &Db, api: Api, base: &str) -> anyhow::Result<Option<f64>> {
-    Ok(sqlx::query_scalar(
-        "SELECT rate_per_sec FROM learned_rates WHERE api = ?1 AND base_url = ?2",
+/// What `auto` learned of an API at a base URL, as stored: its pace and
+/// its cap on concurrent calls (the caller checks both before use).
+pub async fn learned(db: &Db, api: Api, base: &str) -> anyhow::Result<(Option<f64>, Option<i64>)> {
+    let row: Option<(Option<f64>, Option<i64>)> = sqlx::query_as(
+        "SELECT rate_per_sec, in_flight FROM learned_rates WHERE api = ?1 AND base_url = ?2",
     )
     .bind(api.name())
     .bind(base)
     .fetch_optional(&db.pool)
-    .await?)
+    .await?;
+    Ok(row.unwrap_or_default())
 }
 
-/// Remembers the rate `auto` learned, for the next run.
-pub async fn remember_rate(db: &Db, api: Api, base: &str, rate: f64) -> anyhow::Result<()> {
+/// Remembers what `auto` knows at the end of a run (what it started from
+/// included), for the next run. A run that knows nothing leaves the row.
+pub async fn remember(
+    db: &Db,
+    api: Api,
+    base: &str,
+    rate: Option<f64>,
+    in_flight: Option<usize>,
+) -> anyhow::Result<()> {
+    if rate.is_none() && in_flight.is_none() {
+        return Ok(());
+    }
     sqlx::query(
-        "INSERT INTO learned_rates (api, base_url, rate_per_sec, updated_at) VALUES (?1, ?2, ?3, ?4) \
-         ON CONFLICT (api, base_url) DO UPDATE SET rate_per_sec = excluded.rate_per_sec, updated_at = excluded.updated_at",
+        "INSERT INTO learned_rates (api, base_url, rate_per_sec, in_flight, updated_at) VALUES (?1, ?2, ?3, ?4, ?5) \
+         ON CONFLICT (api, base_url) DO UPDATE SET \
+           rate_per_sec = excluded.rate_per_sec, in_flight = excluded.in_flight, \
+           updated_at = excluded.updated_at",
     )
     .bind(api.name())
     .bind(base)
     .bind(rate)
+    .bind(in_flight.map(|k| k as i64))
     .bind(now())
     .execute(&db.pool)
     .await?;

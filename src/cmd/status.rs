@@ -312,10 +312,17 @@ fn print_detail(d: &report::Detail) {
         );
     }
     for r in &d.learned_rates {
+        let mut what = Vec::new();
+        if let Some(rate) = r.rate_per_sec {
+            what.push(format!("{rate:.1}/s"));
+        }
+        if let Some(k) = r.in_flight {
+            what.push(format!("at most {k} calls at once"));
+        }
         crate::outln!(
-            "  learned    {} {:.1}/s at {} ({})",
+            "  learned    {} {} at {} ({})",
             r.api,
-            r.rate_per_sec,
+            what.join(", "),
             r.base_url,
             r.updated_at
         );

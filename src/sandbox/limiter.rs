@@ -224,22 +224,44 @@ mod tests {
         retry_after: bool,
         rows: usize,
     ) -> (f64, usize) {
+        night_of(a, Server::Rate(limit), rtt, retry_after, rows)
+    }
+
+    /// What the simulated API limits.
+    #[derive(Clone, Copy, Debug)]
+    enum Server {
+        Rate(Limit),
+        /// At most this many calls served at once (each for its whole round trip).
+        InFlight(usize),
+    }
+
+    fn night_of(
+        a: &mut Auto,
+        server: Server,
+        rtt: (f64, f64),
+        retry_after: bool,
+        rows: usize,
+    ) -> (f64, usize) {
         let t0 = Instant::now();
         let at = |t: f64| t0 + Duration::from_secs_f64(t);
-        let mut server = Limiter::new(limit, t0);
+        let mut limiter = match server {
+            Server::Rate(limit) => Some(Limiter::new(limit, t0)),
+            Server::InFlight(_) => None,
+        };
         let mut rng = fastrand::Rng::with_seed(7);
         let (mut t, mut last_send, mut paused_until) = (0.0f64, f64::NEG_INFINITY, 0.0f64);
         let (mut done, mut limited, mut answered) = (0usize, 0usize, 0usize);
         let mut mean_rtt = 0.0f64;
-        // (answered at, sent at, accepted)
-        let mut wire: Vec<(f64, f64, bool)> = Vec::new();
+        // (answered at, sent at, accepted, calls on the wire at send)
+        let mut wire: Vec<(f64, f64, bool, usize)> = Vec::new();
         while done < rows {
             let cap = match a.rate() {
                 Some(r) if mean_rtt > 0.0 => {
                     ((r * mean_rtt * 1.5).ceil() as usize + 2).clamp(4, 256)
                 }
                 _ => (16 + answered).min(256),
-            };
+            }
+            .min(a.cap().unwrap_or(usize::MAX));
             let gap = a.rate().map_or(0.0, |r| 1.0 / r);
             let send_at = (last_send + gap).max(paused_until).max(t);
             let next = wire
@@ -249,7 +271,7 @@ mod tests {
                 .map(|(i, w)| (i, *w));
             let can_send = wire.len() < cap && done + wire.len() < rows;
             match next {
-                Some((i, (ans, sent, ok))) if !can_send || ans <= send_at => {
+                Some((i, (ans, sent, ok, on_wire))) if !can_send || ans <= send_at => {
                     wire.swap_remove(i);
                     t = ans;
                     answered += 1;
@@ -260,24 +282,37 @@ mod tests {
                     };
                     if ok {
                         done += 1;
-                        a.on_success(at(sent), at(t));
+                        a.on_success(at(sent), at(t), on_wire);
                     } else {
                         limited += 1;
-                        a.on_429(at(sent), at(t));
+                        a.on_429(at(sent), at(t), on_wire);
                     }
                 }
                 _ => {
                     t = send_at;
                     last_send = t;
                     let trip = rtt.0 + rng.f64() * (rtt.1 - rtt.0);
-                    let verdict = server.check(at(t + trip / 2.0));
+                    let verdict = match (&mut limiter, server) {
+                        (Some(l), _) => l.check(at(t + trip / 2.0)),
+                        (None, Server::InFlight(k)) => {
+                            // The sandbox serves each call for its whole
+                            // round trip (its latency is its own).
+                            let serving = wire.iter().filter(|w| w.0 > t).count();
+                            if serving >= k {
+                                Err(Duration::from_secs(1))
+                            } else {
+                                Ok(())
+                            }
+                        }
+                        (None, Server::Rate(_)) => unreachable!(),
+                    };
                     if let Err(wait) = verdict
                         && retry_after
                     {
                         let secs = wait.as_secs_f64().ceil().max(1.0);
                         paused_until = paused_until.max(t + trip + secs);
                     }
-                    wire.push((t + trip, t, verdict.is_ok()));
+                    wire.push((t + trip, t, verdict.is_ok(), wire.len() + 1));
                 }
             }
         }
@@ -383,6 +418,8 @@ mod tests {
                     limited <= rows * 5 / 100,
                     "{case}: first night {limited} 429s"
                 );
+                // A rate limit is never taken for a cap on calls in flight.
+                assert_eq!(first.cap(), None, "{case}: a cap");
                 // Nothing proven (a long window's whole quota looks like a burst): nothing learned.
                 let learned = first.learned();
                 assert!(
@@ -397,6 +434,90 @@ mod tests {
                     100.0 * ideal / took
                 );
                 assert!(limited <= rows / 100, "{case}: second night {limited} 429s");
+            }
+        }
+    }
+
+    /// Prints `auto`'s figures against every shape (`cargo test --release
+    /// print_every_shape -- --ignored --nocapture`): the simulated twin of
+    /// `scripts/bench.py realworld`, for working on the controller.
+    #[test]
+    #[ignore]
+    fn print_every_shape() {
+        let secs = Duration::from_secs;
+        let lim = |rate: f64, shape, burst: Option<f64>, window| Limit {
+            rate,
+            shape,
+            burst,
+            window,
+        };
+        let shapes: Vec<(&str, Server, bool, usize)> = vec![
+            (
+                "bucket 100/s b10",
+                Server::Rate(lim(100.0, Shape::Bucket, Some(10.0), secs(1))),
+                true,
+                3000,
+            ),
+            (
+                "bucket 50/s b5",
+                Server::Rate(lim(50.0, Shape::Bucket, Some(5.0), secs(1))),
+                true,
+                1500,
+            ),
+            (
+                "bucket 50/s b50",
+                Server::Rate(lim(50.0, Shape::Bucket, Some(50.0), secs(1))),
+                true,
+                1500,
+            ),
+            (
+                "window 1s 60",
+                Server::Rate(lim(60.0, Shape::Window, None, secs(1))),
+                true,
+                1800,
+            ),
+            (
+                "window 10s 400",
+                Server::Rate(lim(40.0, Shape::Window, None, secs(10))),
+                true,
+                1600,
+            ),
+            (
+                "sliding 1s 50",
+                Server::Rate(lim(50.0, Shape::Sliding, None, secs(1))),
+                true,
+                1500,
+            ),
+            (
+                "no RA 40/s b4",
+                Server::Rate(lim(40.0, Shape::Bucket, Some(4.0), secs(1))),
+                false,
+                1200,
+            ),
+            ("in flight 8", Server::InFlight(8), true, 1500),
+        ];
+        for (name, server, retry_after, rows) in shapes {
+            for rtt in [(0.0005, 0.001), (0.04, 0.06), (0.1, 0.2)] {
+                let allowed = match server {
+                    Server::Rate(l) => l.rate,
+                    Server::InFlight(k) => k as f64 / ((rtt.0 + rtt.1) / 2.0),
+                };
+                let ideal = rows as f64 / allowed;
+                let mut first = Auto::new(None, None, Instant::now());
+                let (t1, l1) = night_of(&mut first, server, rtt, retry_after, rows);
+                let learned = first.learned();
+                let mut second = Auto::new(None, learned, Instant::now()).with_cap(first.cap());
+                let (t2, l2) = night_of(&mut second, server, rtt, retry_after, rows);
+                println!(
+                    "{name:18} {:>4.0} ms: {:>4.0}% {:>5.1}% 429 | {:>4.0}% {:>5.1}% 429 | learned {:?} cap {:?}",
+                    rtt.1 * 1e3,
+                    100.0 * ideal / t1,
+                    100.0 * l1 as f64 / (rows + l1) as f64,
+                    100.0 * ideal / t2,
+                    100.0 * l2 as f64 / (rows + l2) as f64,
+                    learned.map(|r| (r * 10.0).round() / 10.0),
+                    first.cap()
+                );
             }
         }
     }

@@ -2,6 +2,7 @@
 //! pauses or stops never hold what the other API needs.
 
 use crate::common::*;
+use convoy::sandbox::Config;
 
 /// With `--attention-rate 5/s`, 20 VG rows listed after 30 Attention rows
 /// finished 4.9 s after the start instead of at once: the Attention rows
@@ -165,4 +166,44 @@ async fn status_says_what_bounded_each_api() {
     assert!(att["bound"].as_str().unwrap().contains("its pace"), "{att}");
     let text = w.run(None, &["status", "night"]).await.stdout();
     assert!(text.contains("bound by its pace (fixed)"), "{text}");
+}
+
+/// An API that limits concurrent calls, not their rate (429 beyond 4 at
+/// once): the first night finds the cap from its 429s and keeps to it
+/// instead of learning a pace (which, with latency jitter, ran at 58–76% of
+/// what 8 calls at once carry); the next night starts at the cap, unpaced,
+/// and draws no 429 at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cap_on_concurrent_calls_is_found_kept_to_and_remembered() {
+    let ms = std::time::Duration::from_millis;
+    let sb = sandbox(Config {
+        max_in_flight: Some(4),
+        latency: Some((ms(20), ms(40))),
+        ..Config::default()
+    })
+    .await;
+    let w = Work::new();
+    let rows: Vec<String> = (0..400)
+        .map(|i| format!("attention.archive,a{},,", i % 100))
+        .collect();
+    w.write("n.csv", &csv("op,conversation_id,agent_id,state", &rows));
+    for night in ["one", "two"] {
+        w.run(Some(&sb), &["run", "n.csv", "--batch", night, "-q"])
+            .await
+            .expect(0);
+    }
+    let learned: (Option<f64>, Option<i64>) =
+        sqlx::query_as("SELECT rate_per_sec, in_flight FROM learned_rates WHERE api = 'attention'")
+            .fetch_one(&w.db().await)
+            .await
+            .unwrap();
+    assert_eq!(learned, (None, Some(4)), "(rate, cap) learned");
+    let reqs = sb.requests();
+    let limited =
+        |from: usize, to: usize| reqs[from..to].iter().filter(|r| r.status == 429).count();
+    let first = reqs.len() - 400; // the second night sent each row once
+    assert!(limited(0, first) > 0, "the first night met the cap");
+    assert_eq!(limited(first, reqs.len()), 0, "the second night kept to it");
+    let text = w.run(None, &["status", "two"]).await.stdout();
+    assert!(text.contains("at most 4 calls at once"), "{text}");
 }
