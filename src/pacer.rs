@@ -238,6 +238,8 @@ const CLIMB: f64 = 1.1;
 /// a log scale, to the rate that drew the 429): if the limit is there, the
 /// 429 comes late and pins it.
 const TRY_ABOVE: f64 = 1.15;
+/// A 429 at most this far above a level that held brackets the limit.
+const BRACKETED: f64 = 1.12;
 /// Held under the estimated limit by this factor.
 const MARGIN: f64 = 0.995;
 /// A 429 at a rate at most this much above the estimate pins the limit: hold
@@ -323,6 +325,9 @@ pub struct Auto {
     /// The last 429 at a rate that had held, and the hold before it.
     held_failed: Option<(Instant, f64)>,
     last_cut: Option<Instant>,
+    /// The highest level that held a whole step since the last 429 (0: none),
+    /// and the bound on the limit it gives.
+    clean: (f64, f64),
     /// A cap on concurrent calls, which explains 429s that are no rate signal.
     cap: Cap,
     /// The pace as it was when a cap was found, taken up again if the cap
@@ -353,6 +358,7 @@ impl Auto {
             before_drop: None,
             held_failed: None,
             last_cut: None,
+            clean: (0.0, 0.0),
             cap: Cap::new(None),
             shelved: None,
             latency: 0.0,
@@ -533,7 +539,17 @@ impl Auto {
                         self.probe_at = Some(now + PROBE_OFTEN);
                         self.set(d);
                     }
-                    None if self.kept_up() => self.set(self.rate * CLIMB),
+                    None if self.kept_up() => {
+                        // This level held: the limit is at least about it,
+                        // less what a small burst (a tenth of a second's
+                        // worth) could have hidden over the level's time.
+                        let slack = self.burst.min(self.rate * 0.1);
+                        let ran = self.level_ran(now).as_secs_f64();
+                        if self.rate > self.clean.0 {
+                            self.clean = (self.rate, self.rate - slack / ran);
+                        }
+                        self.set(self.rate * CLIMB)
+                    }
                     None => self.climb_at = Some(now + STEP),
                 }
             }
@@ -578,7 +594,12 @@ impl Auto {
                 }
                 return;
             }
-            Explains::Refuted => self.take_up_shelved(),
+            Explains::Refuted => {
+                // The 429s of the test are no news about the pace it
+                // shelved: that pace is taken up again as it was.
+                self.take_up_shelved();
+                return;
+            }
             Explains::No => {
                 if self.look_for_cap(now) {
                     return;
@@ -608,7 +629,15 @@ impl Auto {
         if let Some(b) = bound {
             self.proven = self.proven.max(b.min(rate));
         }
-        let estimate = bound.map_or(rate * 0.5, |bound| bound.clamp(rate * 0.25, rate));
+        let mut estimate = bound.map_or(rate * 0.5, |bound| bound.clamp(rate * 0.25, rate));
+        // A level that held a whole step just under the one that drew the
+        // 429 brackets the limit more tightly than the bound, which must
+        // allow for a burst as large as a window's whole quota.
+        let (level, clean) = std::mem::take(&mut self.clean);
+        if self.phase == Phase::Steady && clean > estimate && rate <= level * BRACKETED {
+            estimate = clean;
+            self.proven = self.proven.max(clean);
+        }
         self.episode.clear();
         let was_trial = self.trial;
         let held = self.phase == Phase::Steady && rate <= self.hold * 1.001;

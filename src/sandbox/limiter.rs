@@ -324,7 +324,9 @@ mod tests {
     /// the second (from the remembered rate). The floors are a little under
     /// what it reaches today: buckets with small bursts and long windows
     /// near their limit; a 1 s window or a sliding window, whose whole
-    /// quota looks like a burst, only about three quarters of it.
+    /// quota looks like a burst, about three quarters of it on a first
+    /// night and nine tenths on the next (the level that held just under
+    /// the 429 brackets the limit).
     #[test]
     fn auto_against_every_limiter_shape_and_latency() {
         let secs = Duration::from_secs;
@@ -363,7 +365,7 @@ mod tests {
                 },
                 false,
                 0.90,
-                0.95,
+                0.93,
             ),
             (
                 "fixed 1 s windows",
@@ -375,7 +377,7 @@ mod tests {
                 },
                 true,
                 0.65,
-                0.65,
+                0.85,
             ),
             (
                 "fixed 10 s windows",
@@ -398,8 +400,8 @@ mod tests {
                     window: secs(1),
                 },
                 true,
-                0.65,
-                0.65,
+                0.75,
+                0.85,
             ),
         ];
         for (name, limit, retry_after, first_floor, second_floor) in shapes {
