@@ -700,7 +700,12 @@ impl Executor {
                 } else if pace.is_some_and(|p| rate >= 0.85 * p) {
                     format!("its pace ({})", lane.pacer.kind())
                 } else if full * 2 >= calls {
-                    if self.settings.concurrency.is_some() {
+                    let found = lane.pacer.cap();
+                    if let Some(k) =
+                        found.filter(|k| *k == lane.in_flight_limit(self.settings.concurrency))
+                    {
+                        format!("the API's cap of {k} calls at once (found from its 429s)")
+                    } else if self.settings.concurrency.is_some() {
                         "calls in flight (--concurrency)".to_owned()
                     } else {
                         "calls in flight (the auto budget)".to_owned()
@@ -753,7 +758,12 @@ impl Executor {
                     } else {
                         ""
                     };
-                    format!("{pace}, {running}/{limit} in flight{full}")
+                    let cap = if lane.pacer.cap() == Some(limit) {
+                        " (the API's cap)"
+                    } else {
+                        ""
+                    };
+                    format!("{pace}, {running}/{limit} in flight{cap}{full}")
                 };
                 format!("{api} {what}")
             })
