@@ -23,7 +23,8 @@ realworld:  every limiter shape real APIs use (token buckets with small and
             rate. The share of the allowed rate used is the ideal time
             (rows / allowed rate) over the wall time of the whole `convoy run`;
             convoy is pinned to core 0 and the sandbox to core 1.
-            `realworld quick`: 0 and ~150 ms only.
+            `realworld quick`: 0 and ~150 ms only; `realworld TEXT`: only
+            the shapes whose name holds TEXT (`realworld "10 s windows"`).
 sandbox:    the sandbox's capacity on loopback: `wrk` (Debian's package)
             with 64 connections for 10 s on `GET /v2/conversations/{id}` (a
             full ~2.4 KB snapshot per answer), wrk and sandbox sharing the
@@ -356,9 +357,11 @@ def write_mixed(path, attention, vg):
             f.write(f"vg.update,v{i % 1000},agent,,open\n")
 
 
-def realworld(work, figures, quick=False):
+def realworld(work, figures, quick=False, only=None):
     lats = [l for l in LATENCIES if not quick or l[0] != "~50 ms"]
     for name, flags, allowed, (n_att, n_vg) in SHAPES:
+        if only and only not in name:
+            continue
         src = os.path.join(work, f"rw-{n_att}-{n_vg}.csv")
         write_mixed(src, n_att, n_vg)
         for lat_name, lat in lats:
@@ -532,7 +535,8 @@ def main():
         if what in ("auto", "all"):
             auto(work, figures)
         if what in ("realworld", "all"):
-            realworld(work, figures, quick=len(sys.argv) > 2 and sys.argv[2] == "quick")
+            arg = sys.argv[2] if len(sys.argv) > 2 else None
+            realworld(work, figures, quick=arg == "quick", only=None if arg in (None, "quick") else arg)
             print("| limiter, latency | first night, default flags | second night | exact fixed rate |\n|---|---|---|---|")
             for m, a, b, c in [f for f in figures if len(f) == 4]:
                 print(f"| {m} | {a} | {b} | {c} |")

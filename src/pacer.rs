@@ -106,6 +106,7 @@ const KEPT_UP: f64 = 0.8;
 pub fn sane_rate(rate: f64) -> bool {
     rate.is_finite() && (AUTO_FLOOR..=AUTO_CEILING).contains(&rate)
 }
+
 /// What a cap on concurrent calls says of a 429.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Explains {
@@ -137,7 +138,7 @@ const CAP_REACHED: f64 = 0.6;
 /// Once found, a 429 with more than K on the wire is the cap's, not a rate
 /// signal, and the lane keeps at most K calls on the wire.
 #[derive(Debug, Clone)]
-pub struct Cap {
+struct Cap {
     /// Successes by calls on the wire when they were sent (index 0 unused).
     ok: Vec<u32>,
     /// 429s, the same way, and how many of each.
@@ -153,7 +154,7 @@ pub struct Cap {
 }
 
 impl Cap {
-    pub fn new(remembered: Option<usize>) -> Cap {
+    fn new(remembered: Option<usize>) -> Cap {
         Cap {
             ok: vec![0; MOST_ON_WIRE + 2],
             no: vec![0; MOST_ON_WIRE + 2],
@@ -166,7 +167,7 @@ impl Cap {
     }
 
     /// The cap found (or remembered), if any.
-    pub fn found(&self) -> Option<usize> {
+    fn found(&self) -> Option<usize> {
         self.found
     }
 
@@ -709,6 +710,105 @@ struct State {
     auto: Option<Auto>,
     /// `auto` remembers what it learned; `0` (unlimited) reacts to 429s the same way but forgets.
     remember: bool,
+    quota: Quota,
+}
+
+/// A `Retry-After` this long says when a window resets, not when the next
+/// call may go: the API counts calls in long fixed windows.
+const LONG_PAUSE: Duration = Duration::from_secs(2);
+/// The fewest calls a window must have accepted to be gated as one: fewer
+/// is a slow token bucket, which `auto` paces.
+const MIN_QUOTA: u64 = 10;
+/// The most a remembered window quota may be.
+const MOST_QUOTA: u64 = 10_000_000;
+
+/// Long fixed windows (10 s, a minute): each accepts a quota, and a 429's
+/// `Retry-After` says when the next window begins. Paced or not, every call
+/// on the wire when a quota runs out draws a 429 (10–19% of all calls at
+/// 50–150 ms). So once a window has run out, the calls it accepted are its
+/// quota, and each later window gets that many calls and one more: the
+/// probe, whose 429 says when the next window begins (or, accepted, shows
+/// the quota changed: the gate opens until a window runs out again). The
+/// rest wait for that window.
+#[derive(Debug, Default)]
+struct Quota {
+    /// When the current window began (the end of the last pause), and the
+    /// calls sent in it since that were accepted.
+    since: Option<Instant>,
+    accepted: u64,
+    /// The long window that ran out last: when it began and ran out, and
+    /// the calls it accepted (answers that come in late still count).
+    last: Option<(Option<Instant>, Instant, u64)>,
+    /// The quota remembered from an earlier run, until a window runs out.
+    remembered: Option<u64>,
+    /// Calls started in the current window.
+    sent: u64,
+    /// Whether the probe (the call past the quota) is out.
+    probe: bool,
+}
+
+impl Quota {
+    /// The calls a window accepts, once a long window has run out.
+    fn per_window(&self) -> Option<u64> {
+        match self.last {
+            Some((_, _, n)) => (n >= MIN_QUOTA).then_some(n),
+            None => self.remembered,
+        }
+    }
+
+    /// A call sent at `sent` succeeded. True when the window accepted more
+    /// than its quota (the probe got through): the quota is not what it
+    /// was, so the gate opens until a window runs out again and says what
+    /// it is now.
+    fn on_success(&mut self, sent: Instant) -> bool {
+        if self.since.is_none_or(|s| sent >= s) {
+            self.accepted += 1;
+            if self.per_window().is_some_and(|q| self.accepted > q) {
+                self.probe = false;
+                self.last = None;
+                self.remembered = None;
+                return true;
+            }
+        } else if let Some((from, ran_out, n)) = &mut self.last
+            && from.is_none_or(|f| sent >= f)
+            && sent < *ran_out
+        {
+            *n += 1;
+        }
+        false
+    }
+
+    /// Every call is held until `until`; `extends`: a pause was already on.
+    fn on_pause(&mut self, now: Instant, until: Instant, extends: bool) {
+        if !extends {
+            let long = until.saturating_duration_since(now) >= LONG_PAUSE;
+            if long {
+                self.last = Some((self.since, now, self.accepted));
+            } else {
+                self.last = None;
+                self.remembered = None;
+            }
+            self.accepted = 0;
+            self.sent = 0;
+            self.probe = false;
+        }
+        self.since = Some(until);
+    }
+
+    /// Whether a call may start now (and counts it).
+    fn admit(&mut self) -> bool {
+        let Some(q) = self.per_window() else {
+            return true;
+        };
+        if self.sent >= q {
+            if self.probe {
+                return false;
+            }
+            self.probe = true;
+        }
+        self.sent += 1;
+        true
+    }
 }
 
 /// A fixed rate is paced this much under its limit: the slack (10 ms in any
@@ -739,6 +839,10 @@ impl State {
         // an idle spell the schedule restarts from now (no saved-up burst).
         let on_time = slot >= now || iv.is_some_and(|iv| now - slot < iv);
         let start = if on_time { slot } else { now };
+        if !self.quota.admit() {
+            // The window's quota is spoken for: wait for the probe's answer.
+            return Err(now + Duration::from_secs(3600));
+        }
         self.last_start = Some(start);
         Ok(start)
     }
@@ -751,16 +855,25 @@ pub struct Remembered {
     pub rate: Option<f64>,
     /// The API's cap on concurrent calls.
     pub in_flight: Option<usize>,
+    /// The calls one of the API's long windows accepts.
+    pub window_quota: Option<u64>,
 }
 
 impl Remembered {
     /// What was stored, each part dropped unless it is sane.
-    pub fn checked(rate: Option<f64>, in_flight: Option<i64>) -> Remembered {
+    pub fn checked(
+        rate: Option<f64>,
+        in_flight: Option<i64>,
+        window_quota: Option<i64>,
+    ) -> Remembered {
         Remembered {
             rate: rate.filter(|r| sane_rate(*r)),
             in_flight: in_flight
                 .and_then(|k| usize::try_from(k).ok())
                 .filter(|k| (1..=MOST_ON_WIRE).contains(k)),
+            window_quota: window_quota
+                .and_then(|q| u64::try_from(q).ok())
+                .filter(|q| (MIN_QUOTA..=MOST_QUOTA).contains(q)),
         }
     }
 }
@@ -795,6 +908,10 @@ impl Pacer {
                 fixed,
                 auto,
                 remember,
+                quota: Quota {
+                    remembered: remembered.window_quota.filter(|_| remember),
+                    ..Quota::default()
+                },
             }),
             queue: tokio::sync::Mutex::new(()),
             changed: tokio::sync::Notify::new(),
@@ -819,10 +936,12 @@ impl Pacer {
     /// Cancel-safe: dropping it before it returns gives up its place.
     pub async fn reserve(&self, lead: Duration) -> Instant {
         {
-            // Unpaced and not paused: nothing to wait for, no queue to join.
+            // Unpaced, not paused, no window quota: nothing to wait for, no
+            // queue to join.
             let now = Instant::now();
             let s = self.lock();
-            if s.interval().is_none() && s.paused_until.is_none_or(|p| p <= now) {
+            let gated = s.quota.per_window().is_some();
+            if s.interval().is_none() && s.paused_until.is_none_or(|p| p <= now) && !gated {
                 return now;
             }
         }
@@ -842,15 +961,29 @@ impl Pacer {
         }
     }
 
-    /// Holds every call to this API until `until` (a `Retry-After`).
+    /// Holds every call to this API until `until` (an outage's probe gap, a
+    /// 503's `Retry-After`).
     pub fn pause_until(&self, until: Instant) {
+        self.pause(until, false);
+    }
+
+    /// Holds every call to this API until `until`, as a `Retry-After` (or a
+    /// spent quota) said: a long one says when a window resets ([`Quota`]).
+    pub fn retry_after(&self, until: Instant) {
+        self.pause(until, true);
+    }
+
+    fn pause(&self, until: Instant, retry_after: bool) {
         let mut s = self.lock();
         if s.paused_until.is_none_or(|p| p < until) {
-            let from = s
-                .paused_until
-                .map_or(Instant::now(), |p| p.max(Instant::now()));
+            let now = Instant::now();
+            let extends = s.paused_until.is_some_and(|p| p > now);
+            let from = s.paused_until.map_or(now, |p| p.max(now));
             s.paused_total += until.saturating_duration_since(from);
             s.paused_until = Some(until);
+            if retry_after {
+                s.quota.on_pause(now, until, extends);
+            }
             self.changed.notify_waiters();
         }
     }
@@ -875,17 +1008,37 @@ impl Pacer {
     /// A call that started at `sent`, with `wire` calls on the wire
     /// (itself included), succeeded.
     pub fn on_success(&self, sent: Instant, wire: usize) {
+        if self.lock().quota.on_success(sent) {
+            self.changed.notify_waiters();
+        }
         self.tell(sent, wire, Auto::on_success);
     }
 
     /// A call that started at `sent`, with `wire` calls on the wire, drew a 429.
     pub fn on_429(&self, sent: Instant, wire: usize) {
+        {
+            // A long window ran out: the quota gate's business, no news
+            // about a rate.
+            let s = self.lock();
+            let long = s
+                .paused_until
+                .is_some_and(|p| p >= Instant::now() + LONG_PAUSE / 2);
+            if long && s.quota.per_window().is_some() {
+                return;
+            }
+        }
         self.tell(sent, wire, Auto::on_429);
     }
 
     /// The API's cap on concurrent calls, once found or remembered.
     pub fn cap(&self) -> Option<usize> {
         self.lock().auto.as_ref().and_then(Auto::cap)
+    }
+
+    /// The quota of a long window worth remembering for the next run.
+    pub fn learned_quota(&self) -> Option<u64> {
+        let s = self.lock();
+        s.quota.per_window().filter(|_| s.remember)
     }
 
     /// The cap on concurrent calls worth remembering for the next run.
@@ -1317,8 +1470,83 @@ mod tests {
         }
         assert_eq!(a.cap(), None);
         // An absurd remembered cap is not a starting point.
-        assert_eq!(Remembered::checked(None, Some(0)).in_flight, None);
-        assert_eq!(Remembered::checked(None, Some(100_000)).in_flight, None);
-        assert_eq!(Remembered::checked(Some(f64::NAN), Some(8)).rate, None);
+        assert_eq!(Remembered::checked(None, Some(0), None).in_flight, None);
+        assert_eq!(
+            Remembered::checked(None, Some(100_000), None).in_flight,
+            None
+        );
+        assert_eq!(
+            Remembered::checked(Some(f64::NAN), Some(8), None).rate,
+            None
+        );
+        assert_eq!(Remembered::checked(None, None, Some(-5)).window_quota, None);
+    }
+
+    /// A long fixed window (20 calls a 10 s window) met by 40 calls at once,
+    /// each 150 ms on the wire: once the first window has run out, each
+    /// later one gets its quota and one probe, so a window draws one 429
+    /// instead of one for every call on the wire when its quota runs out
+    /// (40 a window before the quota gate).
+    #[tokio::test(start_paused = true)]
+    async fn a_long_windows_quota_is_sent_then_one_probe() {
+        use crate::sandbox::limiter::{Limit, Limiter, Shape};
+        use std::sync::Arc;
+        let t0 = Instant::now();
+        let pacer = Arc::new(Pacer::new(
+            RateSpec::Auto { ceiling: None },
+            Remembered::default(),
+        ));
+        let limit = Limit {
+            rate: 2.0,
+            shape: Shape::Window,
+            burst: None,
+            window: Duration::from_secs(10),
+        };
+        let server = Arc::new(Mutex::new(Limiter::new(limit, t0)));
+        // (accepted, 429s, when the 200th was accepted)
+        let counts = Arc::new(Mutex::new((0u32, 0u32, t0)));
+        let mut workers = Vec::new();
+        for _ in 0..40 {
+            let (pacer, server, counts) = (pacer.clone(), server.clone(), counts.clone());
+            workers.push(tokio::spawn(async move {
+                loop {
+                    if counts.lock().unwrap().0 >= 200 {
+                        return;
+                    }
+                    pacer.acquire().await;
+                    let sent = Instant::now();
+                    let verdict = server.lock().unwrap().check(sent);
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    match verdict {
+                        Ok(()) => {
+                            let mut c = counts.lock().unwrap();
+                            c.0 += 1;
+                            if c.0 == 200 {
+                                c.2 = sent;
+                            }
+                            drop(c);
+                            pacer.on_success(sent, 1);
+                        }
+                        Err(wait) => {
+                            counts.lock().unwrap().1 += 1;
+                            let secs = wait.as_secs_f64().ceil().max(1.0);
+                            pacer.retry_after(Instant::now() + Duration::from_secs_f64(secs));
+                            pacer.on_429(sent, 1);
+                        }
+                    }
+                }
+            }));
+        }
+        for w in workers {
+            w.await.unwrap();
+        }
+        let (accepted, limited, done) = *counts.lock().unwrap();
+        assert!(accepted >= 200);
+        // The first window's run-out costs the calls then on the wire (up
+        // to 40); each of the other nine windows, its probe.
+        assert!(limited <= 40 + 9 + 2, "{limited} 429s");
+        // Every window was used: the 200th call went in the tenth.
+        let took = (done - t0).as_secs_f64();
+        assert!(took <= 100.0, "the 200th call went {took} s in");
     }
 }

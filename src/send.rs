@@ -1309,8 +1309,12 @@ impl Executor {
             self.counters.http_attempts.fetch_add(1, Relaxed);
             let verdict = a.verdict;
             if let Some(pause) = a.retry_after {
-                lane.pacer
-                    .pause_until(Instant::now() + pause.min(self.settings.max_retry_after));
+                let until = Instant::now() + pause.min(self.settings.max_retry_after);
+                if verdict == Verdict::RateLimited || a.quota_spent {
+                    lane.pacer.retry_after(until);
+                } else {
+                    lane.pacer.pause_until(until); // a 503's, say: no quota
+                }
             }
             match verdict {
                 Verdict::Success => {
@@ -1743,8 +1747,9 @@ pub async fn phase(
         let spec = options.rate(api);
         let remembered = match spec {
             RateSpec::Auto { .. } => {
-                let (rate, in_flight) = audit::learned(db, api, &endpoints.get(api).base).await?;
-                Remembered::checked(rate, in_flight)
+                let (rate, in_flight, quota) =
+                    audit::learned(db, api, &endpoints.get(api).base).await?;
+                Remembered::checked(rate, in_flight, quota)
             }
             _ => Remembered::default(),
         };
@@ -1837,7 +1842,9 @@ pub async fn phase(
     for (api, pacer) in Api::ALL.into_iter().zip(pacers) {
         let rate = pacer.learned().filter(|r| crate::pacer::sane_rate(*r));
         let base = &endpoints.get(api).base;
-        audit::remember(db, api, base, rate, pacer.learned_cap()).await?;
+        let cap = pacer.learned_cap().map(|k| k as i64);
+        let quota = pacer.learned_quota().and_then(|q| i64::try_from(q).ok());
+        audit::remember(db, api, base, (rate, cap, quota)).await?;
     }
     Ok(ExecReport {
         stops,

@@ -281,12 +281,14 @@ pub struct LearnedRate {
     pub rate_per_sec: Option<f64>,
     /// The API's cap on concurrent calls, when one was found.
     pub in_flight: Option<i64>,
+    /// The calls one of its long windows accepts, when one ran out.
+    pub window_quota: Option<i64>,
     pub updated_at: String,
 }
 
 pub async fn learned_rates(db: &Db) -> anyhow::Result<Vec<LearnedRate>> {
     Ok(sqlx::query_as(
-        "SELECT api, base_url, rate_per_sec, in_flight, updated_at FROM learned_rates ORDER BY api, base_url",
+        "SELECT api, base_url, rate_per_sec, in_flight, window_quota, updated_at FROM learned_rates ORDER BY api, base_url",
     )
     .fetch_all(&db.pool)
     .await?)

@@ -319,6 +319,9 @@ fn print_detail(d: &report::Detail) {
         if let Some(k) = r.in_flight {
             what.push(format!("at most {k} calls at once"));
         }
+        if let Some(q) = r.window_quota {
+            what.push(format!("{q} calls a window"));
+        }
         crate::outln!(
             "  learned    {} {} at {} ({})",
             r.api,

@@ -206,5 +206,8 @@ async fn a_cap_on_concurrent_calls_is_found_kept_to_and_remembered() {
     assert_eq!(limited(first, reqs.len()), 0, "the second night kept to it");
     let text = w.run(None, &["status", "two"]).await.stdout();
     assert!(text.contains("at most 4 calls at once"), "{text}");
-    assert!(text.contains("bound by the API's cap of 4 calls at once"), "{text}");
+    assert!(
+        text.contains("bound by the API's cap of 4 calls at once"),
+        "{text}"
+    );
 }
