@@ -121,6 +121,8 @@ enum Explains {
 pub const MOST_ON_WIRE: usize = 256;
 /// A cap is found only after this many 429s, all above it.
 const CAP_EVIDENCE: u32 = 6;
+/// A cap found in a run is tried one higher after this many successes at it.
+const CAP_TRIAL_AFTER: u32 = 200;
 /// A cap is refuted by this many 429s with no more than it on the wire.
 const CAP_REFUTED: u32 = 3;
 /// A cap of K is taken only once the calls reached this share of K ÷ latency.
@@ -151,9 +153,25 @@ struct Cap {
     /// this run.
     under_cap: u32,
     refuted: bool,
+    /// Found in this run (not remembered): a stray 429 (a call through a
+    /// new connection arrives after calls sent later) can leave K one
+    /// short, so once K has carried many calls without a 429, K + 1 is
+    /// tried; its first 429 ends the trials for the run.
+    found_here: bool,
+    /// Successes at the cap since it last changed, and the cap a trial
+    /// above it falls back to.
+    at_cap: u32,
+    trying_above: Option<usize>,
+    trials_done: bool,
 }
 
 impl Cap {
+    /// Takes K as the cap, found in this run.
+    fn take(&mut self, k: usize) {
+        self.found = Some(k);
+        self.found_here = true;
+    }
+
     fn new(remembered: Option<usize>) -> Cap {
         Cap {
             ok: vec![0; MOST_ON_WIRE + 2],
@@ -163,6 +181,10 @@ impl Cap {
             found: remembered.filter(|k| (1..=MOST_ON_WIRE).contains(k)),
             under_cap: 0,
             refuted: false,
+            found_here: false,
+            at_cap: 0,
+            trying_above: None,
+            trials_done: false,
         }
     }
 
@@ -175,6 +197,15 @@ impl Cap {
     /// succeeded. Returns whether it is time to look for a cap again.
     fn on_success(&mut self, wire: usize) -> bool {
         self.ok[wire.clamp(1, MOST_ON_WIRE + 1)] += 1;
+        if self.found_here && !self.trials_done && self.found == Some(wire) {
+            self.at_cap += 1;
+            if self.at_cap >= CAP_TRIAL_AFTER && wire < MOST_ON_WIRE {
+                // K held (or K + 1 did, under trial): try one more.
+                self.at_cap = 0;
+                self.trying_above = Some(wire);
+                self.found = Some(wire + 1);
+            }
+        }
         self.successes = self.successes.wrapping_add(1);
         self.successes.is_multiple_of(32)
     }
@@ -182,6 +213,13 @@ impl Cap {
     /// A call sent with `wire` calls on the wire drew a 429: whether a cap
     /// found before explains it, or it refutes one (`No`: look for a cap).
     fn on_429(&mut self, wire: usize) -> Explains {
+        if let Some(k) = self.trying_above.filter(|k| wire > *k) {
+            // K + 1 is one too many: K it is, for the rest of the run.
+            self.found = Some(k);
+            self.trying_above = None;
+            self.trials_done = true;
+            return Explains::Yes;
+        }
         match self.found {
             Some(k) if wire > k => return Explains::Yes,
             Some(_) => {
@@ -390,6 +428,11 @@ impl Auto {
         self.cap.found()
     }
 
+    /// The cap worth remembering: the one that held, not one under trial.
+    pub fn proven_cap(&self) -> Option<usize> {
+        self.cap.trying_above.or(self.cap.found())
+    }
+
     /// Takes the cap the answers point to, if the calls did go about as fast
     /// as it allows: K calls on the wire, each on it for the latency, carry
     /// K ÷ latency calls a second. (A token bucket's burst of K, met by calls
@@ -403,7 +446,7 @@ impl Auto {
         if self.latency <= 0.0 || reached < CAP_REACHED * k as f64 / self.latency {
             return false;
         }
-        self.cap.found = Some(k);
+        self.cap.take(k);
         self.start_over(now);
         true
     }
@@ -1050,7 +1093,7 @@ impl Pacer {
         if !s.remember {
             return None;
         }
-        s.auto.as_ref().and_then(Auto::cap)
+        s.auto.as_ref().and_then(Auto::proven_cap)
     }
 
     /// How long a `Retry-After` (or a spent quota) still holds every call.
@@ -1570,5 +1613,37 @@ mod tests {
             rate = a.learned().expect("still known");
         }
         assert!((rate - 50.0).abs() < 1e-9, "after ten nights: {rate}");
+    }
+
+    /// A cap found one short (a stray 429 at K on the wire) is tried one
+    /// higher once it has carried many calls: K + 1 is kept while it draws
+    /// no 429, and its first 429 settles the cap for the run. A remembered
+    /// cap is not tried (that would cost every night a `Retry-After`).
+    #[test]
+    fn a_cap_found_one_short_is_tried_one_higher() {
+        let mut c = Cap::new(None);
+        c.take(7);
+        for _ in 0..CAP_TRIAL_AFTER {
+            c.on_success(7);
+        }
+        assert_eq!(c.found(), Some(8), "trying 8");
+        let mut a = Auto::new(None, None, Instant::now());
+        a.cap = c.clone();
+        assert_eq!(a.proven_cap(), Some(7), "what is remembered is what held");
+        for _ in 0..CAP_TRIAL_AFTER {
+            c.on_success(8);
+        }
+        assert_eq!(c.found(), Some(9), "8 held: trying 9");
+        assert_eq!(c.on_429(9), Explains::Yes);
+        assert_eq!(c.found(), Some(8), "9 drew a 429: 8 it is");
+        for _ in 0..2 * CAP_TRIAL_AFTER {
+            c.on_success(8);
+        }
+        assert_eq!(c.found(), Some(8), "no more trials this run");
+        let mut remembered = Cap::new(Some(8));
+        for _ in 0..2 * CAP_TRIAL_AFTER {
+            remembered.on_success(8);
+        }
+        assert_eq!(remembered.found(), Some(8));
     }
 }
