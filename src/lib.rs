@@ -9,6 +9,7 @@
 //! | module | owns |
 //! |---|---|
 //! | `text` | how durations, sizes and shell words are written and read |
+//! | [`output`] | stdout and stderr lines that never panic on a closed pipe or a full disk |
 //! | [`edit`] | the row model (`Api`, `Op`, `Edit`) and validating a row into an edit |
 //! | `source` | reading rows from CSV (any delimiter, any encoding), stdin or a SQLite table, streamed |
 //! | [`call`] | the request builder (edit → method, URL, body); endpoints, keys, secrets |
@@ -20,7 +21,6 @@
 //! | `progress` | the progress bar and plain progress lines |
 //! | `plan` | the plan phase, and reconciling a resumed batch with its source |
 //! | `undo` | building an undo batch: the calls that put a batch's reversible fields back, and what cannot be undone |
-//! | [`output`] | stdout that never panics on a closed pipe or a full disk |
 //! | [`sandbox`] | the local simulator of both APIs and its limiter shapes |
 //! | [`cmd`] | one module per command, their shared flags (`cmd::args`) and the error model |
 //! | [`cli`] | the command line (clap) and dispatch |

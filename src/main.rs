@@ -11,7 +11,7 @@ async fn main() -> ExitCode {
         }
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            convoy::errln!("error: {e:#}");
             ExitCode::from(e.exit_code())
         }
     }

@@ -1,4 +1,5 @@
-//! Standard output for results (summaries, reports, exports, `--dry-run`).
+//! Standard output for results (summaries, reports, exports, `--dry-run`),
+//! and lines on stderr ([`errln!`](crate::errln)).
 //! A closed pipe (`convoy status | head -1`) ends the output quietly and the
 //! command carries on to its own exit code; any other failure (a full disk)
 //! is said once on stderr and makes [`failed`] true. Never a panic, which is
@@ -73,6 +74,20 @@ pub fn line(args: std::fmt::Arguments<'_>) {
     let mut out = Stdout;
     let _ = out.write_fmt(format_args!("{args}\n"));
     let _ = out.flush();
+}
+
+/// One line on stderr (warnings, notes, errors), dropped if it cannot be
+/// written: `eprintln!` panics on a closed pipe, which left a batch
+/// recorded as running with nothing sent (`convoy run … 2>&1 | logger`,
+/// once the logger is gone).
+pub fn err_line(args: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr(), "{args}");
+}
+
+/// `eprintln!` that never panics: see [`err_line`].
+#[macro_export]
+macro_rules! errln {
+    ($($t:tt)*) => { $crate::output::err_line(format_args!($($t)*)) };
 }
 
 /// `println!` that never panics: see the module doc.

@@ -50,7 +50,7 @@ impl Progress {
             return Progress::none();
         }
         if !std::io::stderr().is_terminal() {
-            eprintln!("{what}: validating rows");
+            crate::errln!("{what}: validating rows");
             return Progress::none();
         }
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
@@ -122,7 +122,7 @@ impl Progress {
                 } else {
                     String::new()
                 };
-                eprintln!(
+                crate::errln!(
                     "progress: {done}/{total} ({:.0}%) in {}{eta}, {} | {}",
                     100.0 * done as f64 / total.max(1) as f64,
                     crate::text::show_duration(t0.elapsed()),
@@ -140,8 +140,8 @@ impl Progress {
     /// Prints a line without tearing the bar.
     pub fn println(&self, msg: &str) {
         match &self.bar {
-            Some(b) => b.suspend(|| eprintln!("{msg}")),
-            None => eprintln!("{msg}"),
+            Some(b) => b.suspend(|| crate::errln!("{msg}")),
+            None => crate::errln!("{msg}"),
         }
     }
 

@@ -66,7 +66,7 @@ pub async fn run(g: &Global, a: ApplyArgs) -> Result<ExitCode, super::Error> {
         .and_then(|t| (chrono::Utc::now() - t.to_utc()).to_std().ok())
         .filter(|age| *age > STALE)
     {
-        eprintln!(
+        crate::errln!(
             "warning: this plan was judged {} ago; the conversations may have changed since (`convoy plan` again shows the night as it is now)",
             crate::text::show_duration(age)
         );

@@ -61,7 +61,7 @@ pub async fn run(g: &Global, a: FailuresArgs) -> Result<ExitCode, super::Error> 
                 std::io::BufWriter::new(file),
             )
             .await?;
-            eprintln!("wrote {n} row(s) to {}", path.display());
+            crate::errln!("wrote {n} row(s) to {}", path.display());
         }
         None => {
             report::export_failures(&db, &a.batch, cluster.as_ref(), crate::output::Stdout).await?;

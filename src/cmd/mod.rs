@@ -153,7 +153,7 @@ pub fn on_signals(cancel: CancellationToken, batch_id: String) {
             _ = int.recv() => {}
             _ = term.recv() => {}
         }
-        eprintln!(
+        crate::errln!(
             "\ninterrupted: letting the calls in flight finish, then stopping (signal again to exit at once)"
         );
         cancel.cancel();
@@ -162,7 +162,7 @@ pub fn on_signals(cancel: CancellationToken, batch_id: String) {
             _ = term.recv() => {}
         }
         let q = shell_quote(&batch_id);
-        eprintln!("exiting at once; `convoy resume {q}` continues the batch");
+        crate::errln!("exiting at once; `convoy resume {q}` continues the batch");
         std::process::exit(i32::from(exit::INTERRUPTED));
     });
 }
@@ -225,7 +225,7 @@ pub async fn send_batch(
     if options.changed_only {
         let skipped = crate::audit::skip_repeated_calls(db, batch_id, pass).await?;
         if skipped > 0 {
-            eprintln!(
+            crate::errln!(
                 "--changed-only: {skipped} row(s) repeat the last call that succeeded on their conversation and are skipped"
             );
         }
@@ -233,13 +233,13 @@ pub async fn send_batch(
     let to_send = crate::audit::count_sendable(db, batch_id, pass).await?;
     if let Err(ConfigError(e)) = endpoints.require(plan.per_api) {
         audit::set_status(db, batch_id, audit::BatchStatus::Failed).await?;
-        eprintln!("error: {e}");
-        eprintln!("nothing was sent; once it is set, `convoy resume {q}` sends the batch");
+        crate::errln!("error: {e}");
+        crate::errln!("nothing was sent; once it is set, `convoy resume {q}` sends the batch");
         return Ok(ExitCode::from(exit::USAGE));
     }
     if options.strict && plan.invalid > 0 {
         audit::set_status(db, batch_id, audit::BatchStatus::Failed).await?;
-        eprintln!(
+        crate::errln!(
             "--strict: {} invalid row(s), so nothing was sent; fix them (`convoy failures {q}`) and `convoy resume {q}`",
             plan.invalid
         );
@@ -252,8 +252,8 @@ pub async fn send_batch(
             let marked = audit::set_status(db, batch_id, audit::BatchStatus::Interrupted)
                 .await
                 .is_ok();
-            eprintln!("error: {e:#}");
-            eprintln!(
+            crate::errln!("error: {e:#}");
+            crate::errln!(
                 "stopped sending; calls already answered may not be recorded.{} Once the cause is fixed, `convoy resume {q}` sends the rest",
                 if marked {
                     " The batch is marked interrupted."
@@ -352,14 +352,14 @@ async fn finish(
         }
     }
     for (api, down_for) in &report.outages {
-        eprintln!(
+        crate::errln!(
             "note: the {api} API was down for {} in all; its rows waited without spending attempts",
             crate::text::show_duration(*down_for)
         );
     }
     let not_json = crate::audit::report::not_json(db, batch_id).await?;
     if not_json > 0 {
-        eprintln!(
+        crate::errln!(
             "warning: {not_json} row(s) succeeded, but the API answered with a body that is not JSON (an HTML page?); `convoy status {q}` counts them"
         );
     }

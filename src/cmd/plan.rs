@@ -53,7 +53,7 @@ pub async fn run(g: &Global, a: PlanArgs) -> Result<ExitCode, super::Error> {
         .await
         .map_err(usage)?;
     for w in &reader.columns.warnings {
-        eprintln!("warning: {w}");
+        crate::errln!("warning: {w}");
     }
     let new = NewBatch {
         batch: a.src.batch.as_deref(),
@@ -83,8 +83,8 @@ pub async fn run(g: &Global, a: PlanArgs) -> Result<ExitCode, super::Error> {
     let q = shell_quote(&name);
     if let Err(e) = endpoints.require(plan.per_api) {
         audit::set_status(&db, &name, BatchStatus::Failed).await?;
-        eprintln!("error: {e}");
-        eprintln!("nothing was read; once it is set, plan again");
+        crate::errln!("error: {e}");
+        crate::errln!("nothing was read; once it is set, plan again");
         return Ok(ExitCode::from(exit::USAGE));
     }
     let to_judge = audit::count_sendable(&db, &name, 1).await?;
@@ -105,12 +105,13 @@ pub async fn run(g: &Global, a: PlanArgs) -> Result<ExitCode, super::Error> {
     if report.interrupted || !report.stops.is_empty() {
         audit::set_status(&db, &name, BatchStatus::Interrupted).await?;
         for stop in &report.stops {
-            eprintln!(
+            crate::errln!(
                 "the {} API was stopped while reading: {:?}",
-                stop.api, stop.why
+                stop.api,
+                stop.why
             );
         }
-        eprintln!(
+        crate::errln!(
             "the plan is incomplete: rows not judged stay pending. Plan again, or `convoy resume {q}` sends them unjudged"
         );
         return Ok(ExitCode::from(if report.interrupted {

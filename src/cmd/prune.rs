@@ -113,7 +113,7 @@ pub async fn run(g: &Global, a: PruneArgs) -> Result<ExitCode, super::Error> {
         );
     } else {
         if !before.incremental {
-            eprintln!(
+            crate::errln!(
                 "compacting the database (VACUUM): it rewrites the whole file, and needs about {} MB free beside it",
                 before.bytes >> 20
             );

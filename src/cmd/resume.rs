@@ -87,7 +87,7 @@ pub async fn run(g: &Global, a: ResumeArgs) -> Result<ExitCode, super::Error> {
     let plan = match reader {
         None => {
             if rec.source_kind == "stdin" {
-                eprintln!(
+                crate::errln!(
                     "note: the batch was read from stdin, which cannot be read again; its unfinished rows are sent as recorded"
                 );
             }
@@ -95,7 +95,7 @@ pub async fn run(g: &Global, a: ResumeArgs) -> Result<ExitCode, super::Error> {
         }
         Some(reader) => {
             for w in &reader.columns.warnings {
-                eprintln!("warning: {w}");
+                crate::errln!("warning: {w}");
             }
             let progress = Progress::planning(g.quiet, &format!("batch {}", rec.id));
             let found =
@@ -107,25 +107,25 @@ pub async fn run(g: &Global, a: ResumeArgs) -> Result<ExitCode, super::Error> {
                 }
                 Ok(r) => {
                     if r.added > 0 {
-                        eprintln!(
+                        crate::errln!(
                             "note: {} row(s) new in the source since the batch began are included",
                             r.added
                         );
                     }
                     if r.changed > 0 {
-                        eprintln!(
+                        crate::errln!(
                             "note: {} unfinished row(s) changed in the source and were validated again",
                             r.changed
                         );
                     }
                     if r.changed_after_success > 0 {
-                        eprintln!(
+                        crate::errln!(
                             "warning: {} row(s) changed in the source after they succeeded; they are not sent again",
                             r.changed_after_success
                         );
                     }
                     if r.gone_count > 0 {
-                        eprintln!(
+                        crate::errln!(
                             "warning: {} unfinished row(s) of the batch are no longer in the source and are not sent: {}{}",
                             r.gone_count,
                             r.gone.join(", "),

@@ -50,7 +50,7 @@ pub async fn run(g: &Global, a: RunArgs) -> Result<ExitCode, super::Error> {
         Err(e) => return Err(usage(e)),
     };
     for w in &reader.columns.warnings {
-        eprintln!("warning: {w}");
+        crate::errln!("warning: {w}");
     }
     if a.dry_run {
         return dry_run(reader, &endpoints).await;
@@ -196,7 +196,7 @@ pub async fn start(
         return Ok(Err(code));
     }
     if plan.rows == 0 {
-        eprintln!("note: the source has a header but no rows");
+        crate::errln!("note: the source has a header but no rows");
     }
     Ok(Ok(Started {
         db,
@@ -257,9 +257,9 @@ async fn dry_run(
     }
     drop(out);
     if let Err(e) = endpoints.require(per_api) {
-        eprintln!("warning: {e}; a real run would stop here");
+        crate::errln!("warning: {e}; a real run would stop here");
     }
-    eprintln!(
+    crate::errln!(
         "dry run: {calls} call(s) would be sent, {invalid} row(s) invalid; nothing was sent or written"
     );
     Ok(ExitCode::from(if invalid > 0 {

@@ -206,6 +206,43 @@ fn closed_pipe() -> std::process::Stdio {
     writer.into()
 }
 
+/// `convoy run … 2>&1 | logger`, the logger gone: the first line on stderr
+/// ("validating rows") panicked (exit 101) and left the batch recorded as
+/// running with nothing sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stderr_loses_nothing() {
+    let w = Work::new();
+    w.write(
+        "n.csv",
+        "op,conversation_id\nattention.archive,c1\nattention.nope,c2\nattention.archive,c3\n",
+    );
+    let o = w
+        .convoy(None)
+        .args(["run", "n.csv", "--sandbox", "--batch", "night"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(closed_pipe())
+        .spawn()
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "exit as the batch did (one invalid row)"
+    );
+    let d: serde_json::Value =
+        serde_json::from_str(&w.run(None, &["status", "night", "--json"]).await.stdout()).unwrap();
+    // Finished, not left running: "failed" as any batch with an invalid row.
+    assert_eq!(d["status"], "failed", "{d}");
+    let counts = &d["counts"];
+    assert_eq!(
+        (&counts["succeeded"], &counts["invalid"], &counts["pending"]),
+        (&2.into(), &1.into(), &0.into()),
+        "{d}"
+    );
+}
+
 /// `status | head -1`, `status NAME --json | head -1`, `failures | head -1`
 /// and `--dry-run | head -3` panicked (exit 101) or said "error: Broken pipe".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
