@@ -134,9 +134,10 @@ const CAP_REACHED: f64 = 0.35;
 /// more than K calls on the wire, and next to none of the successes do. A
 /// rate limit answers 429 with any number on the wire, among successes that
 /// had as many or more. So with K the most calls on the wire under which
-/// hardly any 429 came (one in 10 may, and one always: calls sent an instant
-/// apart reach the API in either order): at least six 429s, successes at K or fewer
-/// many times over, and hardly any above (one in 20), mean a cap of K.
+/// hardly any 429 came (one in 10 may, and one always: calls sent an
+/// instant apart reach the API in either order): at least six 429s,
+/// successes at K or fewer many times over, and hardly any above (one in
+/// 20), mean a cap of K.
 ///
 /// Once found, a 429 with more than K on the wire is the cap's, not a rate
 /// signal, and the lane keeps at most K calls on the wire.
