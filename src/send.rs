@@ -429,7 +429,9 @@ pub struct ApiLane {
     stopped: AtomicBool,
     /// The calls' time on the wire, smoothed (EWMA), in microseconds; 0 before the first.
     latency_us: AtomicU64,
-    /// Calls answered so far (slow start of the in-flight budget while unpaced).
+    /// Calls answered so far (slow start of the in-flight budget while
+    /// unpaced: one more per two answers, since every call on the wire when
+    /// the first 429 comes draws one too).
     answered: AtomicU64,
     /// Rows of this lane being worked on now (waiting for the pace, or on
     /// the wire); a row sleeping in its retry backoff does not count.
@@ -541,7 +543,7 @@ impl ApiLane {
                 let need = (rate * latency * IN_FLIGHT_HEADROOM).ceil() as usize + 2;
                 need.clamp(AUTO_MIN_IN_FLIGHT, AUTO_MAX_IN_FLIGHT)
             }
-            _ => (AUTO_START_IN_FLIGHT + self.answered.load(Relaxed) as usize)
+            _ => (AUTO_START_IN_FLIGHT + self.answered.load(Relaxed) as usize / 2)
                 .min(AUTO_MAX_IN_FLIGHT),
         }
     }
