@@ -826,6 +826,10 @@ struct Quota {
     sent: u64,
     /// Whether the probe (the call past the quota) is out.
     probe: bool,
+    /// Whether any call of the run has been answered: with a remembered
+    /// quota, the run's first call goes alone, since the run may begin in
+    /// a window already spent (its 429 says when the next begins).
+    answered: bool,
 }
 
 impl Quota {
@@ -842,6 +846,7 @@ impl Quota {
     /// was, so the gate opens until a window runs out again and says what
     /// it is now.
     fn on_success(&mut self, sent: Instant) -> bool {
+        let first = !std::mem::replace(&mut self.answered, true);
         if self.since.is_none_or(|s| sent >= s) {
             self.accepted += 1;
             if self.per_window().is_some_and(|q| self.accepted > q) {
@@ -856,15 +861,23 @@ impl Quota {
         {
             *n += 1;
         }
-        false
+        first
     }
 
     /// Every call is held until `until`; `extends`: a pause was already on.
     fn on_pause(&mut self, now: Instant, until: Instant, extends: bool) {
         if !extends {
             let long = until.saturating_duration_since(now) >= LONG_PAUSE;
+            let partial = self.since.is_none()
+                && self.last.is_none()
+                && self.remembered.is_some_and(|q| self.accepted < q);
             if long {
-                self.last = Some((self.since, now, self.accepted));
+                // A run that began in a window someone had spent part of:
+                // what that window accepted is no quota; the next window
+                // gets the remembered one.
+                if !partial {
+                    self.last = Some((self.since, now, self.accepted));
+                }
             } else {
                 self.last = None;
                 self.remembered = None;
@@ -881,6 +894,9 @@ impl Quota {
         let Some(q) = self.per_window() else {
             return true;
         };
+        if self.since.is_none() && !self.answered && self.sent >= 1 {
+            return false;
+        }
         if self.sent >= q {
             if self.probe {
                 return false;
@@ -1100,7 +1116,10 @@ impl Pacer {
         {
             // A long window ran out: the quota gate's business, no news
             // about a rate.
-            let s = self.lock();
+            let mut s = self.lock();
+            if !std::mem::replace(&mut s.quota.answered, true) {
+                self.changed.notify_waiters();
+            }
             let long = s
                 .paused_until
                 .is_some_and(|p| p >= Instant::now() + LONG_PAUSE / 2);
@@ -1627,35 +1646,35 @@ mod tests {
         assert_eq!(Remembered::checked(None, None, Some(-5)).window_quota, None);
     }
 
-    /// A long fixed window (20 calls a 10 s window) met by 40 calls at once,
-    /// each 150 ms on the wire: once the first window has run out, each
-    /// later one gets its quota and one probe, so a window draws one 429
-    /// instead of one for every call on the wire when its quota runs out
-    /// (40 a window before the quota gate).
-    #[tokio::test(start_paused = true)]
-    async fn a_long_windows_quota_is_sent_then_one_probe() {
+    /// 40 workers send through `pacer` to a server of 10 s windows of
+    /// `quota` (each call 150 ms on the wire, a 429 pauses the lane for its
+    /// `Retry-After`) until `want` calls were accepted. The server's window
+    /// has `used` calls spent already. Returns (429s, when the last wanted
+    /// call was accepted, seconds after the start).
+    async fn long_windows(pacer: Pacer, quota: u32, used: u32, want: u32) -> (u32, f64) {
         use crate::sandbox::limiter::{Limit, Limiter, Shape};
         use std::sync::Arc;
         let t0 = Instant::now();
-        let pacer = Arc::new(Pacer::new(
-            RateSpec::Auto { ceiling: None },
-            Remembered::default(),
-        ));
+        let pacer = Arc::new(pacer);
         let limit = Limit {
-            rate: 2.0,
+            rate: f64::from(quota) / 10.0,
             shape: Shape::Window,
             burst: None,
             window: Duration::from_secs(10),
         };
-        let server = Arc::new(Mutex::new(Limiter::new(limit, t0)));
-        // (accepted, 429s, when the 200th was accepted)
+        let mut limiter = Limiter::new(limit, t0);
+        for _ in 0..used {
+            limiter.check(t0).unwrap();
+        }
+        let server = Arc::new(Mutex::new(limiter));
+        // (accepted, 429s, when the last wanted was accepted)
         let counts = Arc::new(Mutex::new((0u32, 0u32, t0)));
         let mut workers = Vec::new();
         for _ in 0..40 {
             let (pacer, server, counts) = (pacer.clone(), server.clone(), counts.clone());
             workers.push(tokio::spawn(async move {
                 loop {
-                    if counts.lock().unwrap().0 >= 200 {
+                    if counts.lock().unwrap().0 >= want {
                         return;
                     }
                     pacer.acquire().await;
@@ -1666,7 +1685,7 @@ mod tests {
                         Ok(()) => {
                             let mut c = counts.lock().unwrap();
                             c.0 += 1;
-                            if c.0 == 200 {
+                            if c.0 == want {
                                 c.2 = sent;
                             }
                             drop(c);
@@ -1686,13 +1705,51 @@ mod tests {
             w.await.unwrap();
         }
         let (accepted, limited, done) = *counts.lock().unwrap();
-        assert!(accepted >= 200);
+        assert!(accepted >= want);
+        (limited, (done - t0).as_secs_f64())
+    }
+
+    /// A long fixed window (20 calls a 10 s window) met by 40 calls at once,
+    /// each 150 ms on the wire: once the first window has run out, each
+    /// later one gets its quota and one probe, so a window draws one 429
+    /// instead of one for every call on the wire when its quota runs out
+    /// (40 a window before the quota gate).
+    #[tokio::test(start_paused = true)]
+    async fn a_long_windows_quota_is_sent_then_one_probe() {
+        let pacer = Pacer::new(RateSpec::Auto { ceiling: None }, Remembered::default());
+        let (limited, took) = long_windows(pacer, 20, 0, 200).await;
         // The first window's run-out costs the calls then on the wire (up
         // to 40); each of the other nine windows, its probe.
         assert!(limited <= 40 + 9 + 2, "{limited} 429s");
         // Every window was used: the 200th call went in the tenth.
-        let took = (done - t0).as_secs_f64();
         assert!(took <= 100.0, "the 200th call went {took} s in");
+    }
+
+    /// A run starts anywhere in the API's window, often just after the last
+    /// night's calls spent some or all of it. With a remembered quota its
+    /// first call goes alone: in a spent window it draws the one 429 that
+    /// says when the next window begins (all 16 calls of an unpaced start
+    /// drew one). What a half-spent window accepts is no quota: the next
+    /// window is sent the remembered one. (It was taken as the quota: the
+    /// next window's probe got through, the gate opened, and every call on
+    /// the wire when that window ran out drew a 429, 8% of a second
+    /// night's calls at ~150 ms.)
+    #[tokio::test(start_paused = true)]
+    async fn a_run_that_starts_in_a_spent_window_keeps_the_remembered_quota() {
+        let remembered = Remembered {
+            window_quota: Some(20),
+            ..Remembered::default()
+        };
+        let auto = || Pacer::new(RateSpec::Auto { ceiling: None }, remembered);
+        // Spent: the first call's 429, then each full window's probe.
+        let (limited, took) = long_windows(auto(), 20, 20, 60).await;
+        assert!(limited <= 1 + 3 + 1, "spent: {limited} 429s");
+        assert!(took <= 40.0, "spent: the 60th call went {took} s in");
+        // Half spent: the 10 left are taken, the next 11 calls sent draw
+        // 429s, then each full window costs its probe.
+        let (limited, took) = long_windows(auto(), 20, 10, 70).await;
+        assert!(limited <= 11 + 3 + 1, "half spent: {limited} 429s");
+        assert!(took <= 40.0, "half spent: the 70th call went {took} s in");
     }
 
     /// A remembered pace came back 0.5% lower after every night that had

@@ -442,7 +442,9 @@ mod tests {
 
     /// Prints `auto`'s figures against every shape (`cargo test --release
     /// print_every_shape -- --ignored --nocapture`): the simulated twin of
-    /// `scripts/bench.py realworld`, for working on the controller.
+    /// `scripts/bench.py realworld`, for working on the controller. `ONLY=`
+    /// a part of a shape's name and `RTT=` the slowest round trip in ms
+    /// (`1`, `60`, `200`) pick what it runs.
     #[test]
     #[ignore]
     fn print_every_shape() {
@@ -498,8 +500,15 @@ mod tests {
             ),
             ("in flight 8", Server::InFlight(8), true, 1500),
         ];
+        let only = std::env::var("ONLY").ok();
         for (name, server, retry_after, rows) in shapes {
+            if only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
+                continue;
+            }
             for rtt in [(0.0005, 0.001), (0.04, 0.06), (0.1, 0.2)] {
+                if std::env::var("RTT").is_ok_and(|r| r != format!("{}", rtt.1 * 1e3)) {
+                    continue;
+                }
                 let allowed = match server {
                     Server::Rate(l) => l.rate,
                     Server::InFlight(k) => k as f64 / ((rtt.0 + rtt.1) / 2.0),
