@@ -318,6 +318,15 @@ const EPISODE: usize = 4096;
 /// How long a pinned limit is trusted before climbing above it: each step
 /// that fails costs a 429 and its `Retry-After` pause.
 const PROBE_RARELY: Duration = Duration::from_secs(60);
+/// Above a pinned limit, each climbing step, as a factor, and how long it
+/// must hold: a level that held longer brackets the limit more tightly (it
+/// is taken less what a tenth of a second's burst could have hidden over
+/// its time: 5% over 2 s, 1% over 10 s).
+const PINNED_CLIMB: f64 = 1.04;
+const PINNED_STEP: Duration = Duration::from_secs(10);
+/// After this many small steps held above a pinned limit, it was no limit
+/// (or the API allows more now): climbing goes back to [`CLIMB`] a [`STEP`].
+const PINNED_HELD: u32 = 2;
 /// After the API's limit dropped, how often to probe back to the old rate.
 const PROBE_OFTEN: Duration = Duration::from_secs(4);
 /// A second 429 at a rate that had held, this soon after the first, means
@@ -380,6 +389,10 @@ pub struct Auto {
     episode: VecDeque<Instant>,
     /// Whether the current level is a trial above a rough estimate.
     trial: bool,
+    /// Whether the last 429 pinned the limit (or a remembered pace is held):
+    /// climbs above it are small and slow. And how many of them held.
+    pinned: bool,
+    pinned_held: u32,
     /// When climbing (stepping up from the current level) is due.
     climb_at: Option<Instant>,
     /// When to probe back to `before_drop` next.
@@ -417,6 +430,8 @@ impl Auto {
             level_sent: None,
             episode: VecDeque::new(),
             trial: false,
+            pinned: false,
+            pinned_held: 0,
             climb_at: None,
             probe_at: None,
             before_drop: None,
@@ -437,6 +452,7 @@ impl Auto {
             a.proven = a.rate / MARGIN;
             // Its burst is unknown: assume a tenth of a second's worth.
             a.burst = (a.rate * 0.1).max(1.0);
+            a.pinned = true;
             a.climb_at = Some(now + PROBE_RARELY);
         }
         a
@@ -600,7 +616,12 @@ impl Auto {
             Phase::Steady => {
                 let due = |at: Option<Instant>| at.is_some_and(|at| now >= at);
                 let probe = self.before_drop.filter(|_| due(self.probe_at));
-                if !(due(self.climb_at) || probe.is_some()) || self.level_ran(now) < STEP {
+                let step = if self.pinned && self.rate > self.hold * 1.001 {
+                    PINNED_STEP
+                } else {
+                    STEP
+                };
+                if !(due(self.climb_at) || probe.is_some()) || self.level_ran(now) < step {
                     return;
                 }
                 // No 429 for a while: what was accepted bounds the limit
@@ -629,7 +650,11 @@ impl Auto {
                         if self.rate > self.clean.0 {
                             self.clean = (self.rate, self.rate - slack / ran);
                         }
-                        self.set(self.rate * CLIMB)
+                        if self.pinned && self.rate > self.hold * 1.001 {
+                            self.pinned_held += 1;
+                            self.pinned = self.pinned_held < PINNED_HELD;
+                        }
+                        self.set(self.rate * if self.pinned { PINNED_CLIMB } else { CLIMB })
                     }
                     None => self.climb_at = Some(now + STEP),
                 }
@@ -752,6 +777,8 @@ impl Auto {
         self.set(self.hold);
         // The limit lies between the estimate and the rate that drew the 429.
         let pinned = rate <= estimate * PINNED;
+        self.pinned = pinned;
+        self.pinned_held = 0;
         if pinned {
             self.climb_at = Some(now + PROBE_RARELY);
         } else if !was_trial && !probe {

@@ -440,11 +440,43 @@ mod tests {
         }
     }
 
+    /// A night of five minutes against a 1 s or a sliding window: once a
+    /// 429 pinned the limit, the climbs above it are 4% steps that must hold
+    /// 10 s, so each bracket is tight and the pace creeps up to the limit.
+    /// (With 10% steps that held 2 s, every minute's probe failed, the
+    /// bracket took off 5% for the burst a 2 s level might hide, and the
+    /// pace stayed at 90–93% all night, and every night after.)
+    #[test]
+    fn a_long_night_closes_in_on_a_pinned_limit() {
+        let secs = Duration::from_secs;
+        for (name, shape) in [
+            ("1 s windows", Shape::Window),
+            ("sliding window", Shape::Sliding),
+        ] {
+            let limit = Limit {
+                rate: 50.0,
+                shape,
+                burst: None,
+                window: secs(1),
+            };
+            let rows = 50 * 300;
+            let mut a = Auto::new(None, None, Instant::now());
+            let (_, limited) = night(&mut a, limit, (0.04, 0.06), true, rows);
+            let learned = a.learned().unwrap_or(0.0);
+            assert!(
+                (47.5..=50.0).contains(&learned),
+                "{name}: learned {learned:.1}/s of 50/s"
+            );
+            assert!(limited <= rows / 100, "{name}: {limited} 429s");
+        }
+    }
+
     /// Prints `auto`'s figures against every shape (`cargo test --release
     /// print_every_shape -- --ignored --nocapture`): the simulated twin of
     /// `scripts/bench.py realworld`, for working on the controller. `ONLY=`
     /// a part of a shape's name and `RTT=` the slowest round trip in ms
-    /// (`1`, `60`, `200`) pick what it runs.
+    /// (`1`, `60`, `200`) pick what it runs; `NIGHTS=10` makes each night
+    /// ten times as long.
     #[test]
     #[ignore]
     fn print_every_shape() {
@@ -501,7 +533,9 @@ mod tests {
             ("in flight 8", Server::InFlight(8), true, 1500),
         ];
         let only = std::env::var("ONLY").ok();
+        let nights: usize = std::env::var("NIGHTS").map_or(1, |n| n.parse().unwrap());
         for (name, server, retry_after, rows) in shapes {
+            let rows = rows * nights;
             if only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
                 continue;
             }
@@ -519,14 +553,26 @@ mod tests {
                 let learned = first.learned();
                 let mut second = Auto::new(None, learned, Instant::now()).with_cap(first.cap());
                 let (t2, l2) = night_of(&mut second, server, rtt, retry_after, rows);
+                let mut third =
+                    Auto::new(None, second.learned(), Instant::now()).with_cap(second.cap());
+                let (t3, l3) = night_of(&mut third, server, rtt, retry_after, rows);
+                let share = |t: f64, l: usize| {
+                    format!(
+                        "{:>4.0}% {:>4.1}% 429",
+                        100.0 * ideal / t,
+                        100.0 * l as f64 / (rows + l) as f64
+                    )
+                };
+                let round = |r: Option<f64>| r.map(|r| (r * 10.0).round() / 10.0);
                 println!(
-                    "{name:18} {:>4.0} ms: {:>4.0}% {:>5.1}% 429 | {:>4.0}% {:>5.1}% 429 | learned {:?} cap {:?}",
+                    "{name:18} {:>4.0} ms: {} | {} | {} | learned {:?} {:?} {:?} cap {:?}",
                     rtt.1 * 1e3,
-                    100.0 * ideal / t1,
-                    100.0 * l1 as f64 / (rows + l1) as f64,
-                    100.0 * ideal / t2,
-                    100.0 * l2 as f64 / (rows + l2) as f64,
-                    learned.map(|r| (r * 10.0).round() / 10.0),
+                    share(t1, l1),
+                    share(t2, l2),
+                    share(t3, l3),
+                    round(learned),
+                    round(second.learned()),
+                    round(third.learned()),
                     first.cap()
                 );
             }
