@@ -555,6 +555,11 @@ impl Auto {
         }
     }
 
+    /// Whether the pace is a climb above a pinned limit.
+    fn above_pinned(&self) -> bool {
+        self.pinned && self.rate > self.hold * 1.001
+    }
+
     fn level_ran(&self, now: Instant) -> Duration {
         self.level_at
             .map_or(Duration::ZERO, |at| now.saturating_duration_since(at))
@@ -616,7 +621,7 @@ impl Auto {
             Phase::Steady => {
                 let due = |at: Option<Instant>| at.is_some_and(|at| now >= at);
                 let probe = self.before_drop.filter(|_| due(self.probe_at));
-                let step = if self.pinned && self.rate > self.hold * 1.001 {
+                let step = if self.above_pinned() {
                     PINNED_STEP
                 } else {
                     STEP
@@ -650,7 +655,7 @@ impl Auto {
                         if self.rate > self.clean.0 {
                             self.clean = (self.rate, self.rate - slack / ran);
                         }
-                        if self.pinned && self.rate > self.hold * 1.001 {
+                        if self.above_pinned() {
                             self.pinned_held += 1;
                             self.pinned = self.pinned_held < PINNED_HELD;
                         }
@@ -871,7 +876,8 @@ impl Quota {
     /// A call sent at `sent` succeeded. True when the window accepted more
     /// than its quota (the probe got through): the quota is not what it
     /// was, so the gate opens until a window runs out again and says what
-    /// it is now.
+    /// it is now. True too for the run's first answer, which opens the
+    /// gate to the rest of the remembered quota.
     fn on_success(&mut self, sent: Instant) -> bool {
         let first = !std::mem::replace(&mut self.answered, true);
         if self.since.is_none_or(|s| sent >= s) {
