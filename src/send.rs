@@ -1338,7 +1338,7 @@ impl Executor {
                     .attempt(AttemptRecord {
                         row_key: job.row_key.clone(),
                         attempt: b.attempt,
-                        started_at: a.started_at.clone(),
+                        started_ms: a.started_ms,
                         duration_ms: a.duration_ms,
                         http_status: a.http_status,
                         error: a.error.clone(),
@@ -1402,7 +1402,7 @@ impl Executor {
     }
 
     async fn attempt(&self, job: &Job, lane: &ApiLane) -> Attempted {
-        let started_at = crate::audit::now();
+        let started_ms = crate::audit::now_ms();
         let t0 = std::time::Instant::now();
         let mut req = self
             .client
@@ -1417,7 +1417,7 @@ impl Executor {
                 .body(body.clone());
         }
         let mut a = Attempted {
-            started_at,
+            started_ms,
             duration_ms: 0,
             http_status: None,
             error: None,
@@ -1509,7 +1509,8 @@ impl Executor {
 
 /// The result of one HTTP attempt.
 struct Attempted {
-    started_at: String,
+    /// Milliseconds since 1970 (UTC).
+    started_ms: i64,
     duration_ms: u64,
     http_status: Option<u16>,
     error: Option<String>,

@@ -31,6 +31,12 @@ pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// Now, in milliseconds since 1970 (UTC): how the rows' own times are
+/// stored (the `audit` and `attempts` views show them as [`now`] does).
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
 #[derive(Clone, Debug)]
 pub struct Db {
     pub pool: SqlitePool,
@@ -348,7 +354,7 @@ pub async fn create_from(
 pub async fn discard(db: &Db, id: &str) -> anyhow::Result<()> {
     let mut tx = db.pool.begin().await?;
     for sql in [
-        "DELETE FROM audit WHERE batch_id = ?1",
+        "DELETE FROM audit_rows WHERE batch_no = (SELECT no FROM batches WHERE id = ?1)",
         "DELETE FROM reads WHERE batch_id = ?1",
         "DELETE FROM batches WHERE id = ?1",
     ] {
@@ -392,7 +398,9 @@ pub async fn add_send_time(db: &Db, id: &str, elapsed: Duration) -> anyhow::Resu
 
 pub async fn tally(db: &Db, id: &str) -> anyhow::Result<Tally> {
     let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT status, count(*) FROM audit WHERE batch_id = ?1 GROUP BY status")
+        sqlx::query_as(
+            "SELECT status, count(*) FROM audit_rows WHERE batch_no = (SELECT no FROM batches WHERE id = ?1) GROUP BY status",
+        )
             .bind(id)
             .fetch_all(&db.pool)
             .await?;
@@ -562,25 +570,31 @@ pub struct DuplicateKey {
     pub first_row_number: u64,
 }
 
-const PLANNED_COLUMNS: usize = 15;
+const PLANNED_COLUMNS: usize = 16;
+/// Bytes a planned row reserves for what it gains when it is marked and
+/// answered (`audit_rows.reserved`, let go at the mark): its times, HTTP
+/// status and response number, about 20 bytes. The plan packs rows into
+/// full pages; without the reserve, each page split in two as its rows
+/// grew, leaving a sixth of the table empty.
+const RESERVED: usize = 24;
 const INSERT_CHUNK: usize = 64;
 
 /// The statement for `rows` planned rows. `upsert`: a row already recorded
 /// is re-planned in place, keeping its attempts and last answer.
 fn planned_sql(rows: usize, upsert: bool) -> String {
     let mut sql = format!(
-        "INSERT INTO audit (batch_id, row_key, row_number, row_hash, op, api, conversation_id, agent_id, \
-         method, url, request_body, status, error, source_row, pass) VALUES {}",
+        "INSERT INTO audit_rows (batch_no, row_key, row_number, row_hash, op, api, conversation_id, agent_id, \
+         method, url, request_body, status, error, source_row, pass, reserved) VALUES {}",
         placeholders(rows, PLANNED_COLUMNS)
     );
     if upsert {
         sql.push_str(
-            " ON CONFLICT (batch_id, row_key) DO UPDATE SET row_number = excluded.row_number, \
+            " ON CONFLICT (batch_no, row_key) DO UPDATE SET row_number = excluded.row_number, \
              row_hash = excluded.row_hash, op = excluded.op, api = excluded.api, \
              conversation_id = excluded.conversation_id, agent_id = excluded.agent_id, method = excluded.method, \
              url = excluded.url, request_body = excluded.request_body, \
-             status = CASE WHEN audit.status = 'in_flight' AND excluded.status = 'pending' THEN 'in_flight' ELSE excluded.status END, \
-             error = COALESCE(excluded.error, audit.error), source_row = excluded.source_row, pass = excluded.pass",
+             status = CASE WHEN audit_rows.status = 'in_flight' AND excluded.status = 'pending' THEN 'in_flight' ELSE excluded.status END, \
+             error = COALESCE(excluded.error, audit_rows.error), source_row = excluded.source_row, pass = excluded.pass",
         );
     }
     sql
@@ -683,7 +697,7 @@ pub async fn recorded_states(
     keys: &[String],
 ) -> anyhow::Result<std::collections::HashMap<String, (String, String)>> {
     let rows: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT row_key, status, row_hash FROM audit WHERE batch_id = ?1 AND row_key IN (SELECT value FROM json_each(?2))",
+        "SELECT row_key, status, row_hash FROM audit_rows WHERE batch_no = (SELECT no FROM batches WHERE id = ?1) AND row_key IN (SELECT value FROM json_each(?2))",
     )
     .bind(batch_id)
     .bind(serde_json::to_string(keys)?)
@@ -695,7 +709,7 @@ pub async fn recorded_states(
 /// Unfinished rows of earlier passes that this pass did not find in the source.
 pub async fn left_behind(db: &Db, batch_id: &str, pass: i64) -> anyhow::Result<Vec<String>> {
     Ok(sqlx::query_scalar(
-        "SELECT row_key FROM audit WHERE batch_id = ?1 AND pass < ?2 AND status NOT IN ('succeeded', 'skipped') ORDER BY row_number",
+        "SELECT row_key FROM audit_rows WHERE batch_no = (SELECT no FROM batches WHERE id = ?1) AND pass < ?2 AND status NOT IN ('succeeded', 'skipped') ORDER BY row_number",
     )
     .bind(batch_id)
     .bind(pass)
@@ -712,15 +726,16 @@ pub async fn carry_over(
     pass: i64,
 ) -> anyhow::Result<Vec<(Option<String>, String, i64)>> {
     sqlx::query(
-        "UPDATE audit SET pass = ?2, status = CASE status WHEN 'held' THEN 'pending' ELSE status END \
-         WHERE batch_id = ?1 AND status IN ('pending', 'in_flight', 'failed', 'held')",
+        "UPDATE audit_rows SET pass = ?2, status = CASE status WHEN 'held' THEN 'pending' ELSE status END \
+         WHERE batch_no = (SELECT no FROM batches WHERE id = ?1) AND status IN ('pending', 'in_flight', 'failed', 'held')",
     )
     .bind(batch_id)
     .bind(pass)
     .execute(&db.pool)
     .await?;
     Ok(sqlx::query_as(
-        "SELECT api, status, count(*) FROM audit WHERE batch_id = ?1 GROUP BY api, status",
+        "SELECT api, status, count(*) FROM audit_rows WHERE batch_no = (SELECT no FROM batches WHERE id = ?1) \
+         GROUP BY api, status",
     )
     .bind(batch_id)
     .fetch_all(&db.pool)
@@ -744,12 +759,18 @@ async fn write_planned(
     rows: &[PlannedRow],
     upsert: bool,
 ) -> sqlx::Result<()> {
+    // Read before the transaction: a read first would make its first write
+    // fail (SQLITE_BUSY_SNAPSHOT) if another process wrote in between.
+    let batch_no: i64 = sqlx::query_scalar("SELECT no FROM batches WHERE id = ?1")
+        .bind(batch_id)
+        .fetch_one(&db.pool)
+        .await?;
     let mut tx = db.pool.begin().await?;
     for chunk in rows.chunks(INSERT_CHUNK) {
         let mut q = sqlx::query(sqlx::AssertSqlSafe(planned_sql(chunk.len(), upsert)));
         for r in chunk {
             q = q
-                .bind(batch_id)
+                .bind(batch_no)
                 .bind(&r.row_key)
                 .bind(r.row_number as i64)
                 .bind(&r.row_hash)
@@ -763,7 +784,8 @@ async fn write_planned(
                 .bind(r.status.as_str())
                 .bind(&r.error)
                 .bind(&r.source_row)
-                .bind(pass);
+                .bind(pass)
+                .bind(&[0u8; RESERVED][..]);
         }
         q.execute(&mut *tx).await?;
     }
@@ -782,26 +804,26 @@ pub async fn hold_older_edits(db: &Db, batch_id: &str, pass: i64) -> anyhow::Res
     let held = sqlx::query(sqlx::AssertSqlSafe(format!(
         "WITH origin AS ( \
            SELECT a.rowid AS id, a.api, a.conversation_id, \
-                  COALESCE(a.source_row ->> 'from_batch', a.batch_id) AS batch, \
+                  COALESCE(a.source_row ->> 'from_batch', ?1) AS batch, \
                   COALESCE(CAST(a.source_row ->> 'from_row' AS INTEGER), a.row_number) AS row_number \
-           FROM audit a WHERE a.batch_id = ?1 AND a.pass = ?2 \
+           FROM audit_rows a WHERE a.batch_no = (SELECT no FROM batches WHERE id = ?1) AND a.pass = ?2 \
              AND a.status IN {SENDABLE} AND a.conversation_id IS NOT NULL), \
          held AS ( \
-           SELECT o.id, (SELECT 'batch ' || n.batch_id || ', row ' || n.row_number FROM audit n \
-                  JOIN batches nb ON nb.id = n.batch_id \
+           SELECT o.id, (SELECT 'batch ' || nb.id || ', row ' || n.row_number FROM audit_rows n \
+                  JOIN batches nb ON nb.no = n.batch_no \
                   WHERE n.conversation_id = o.conversation_id AND n.api = o.api AND n.status = 'succeeded' \
-                    AND ((n.batch_id = o.batch AND n.row_number > o.row_number) \
+                    AND ((nb.id = o.batch AND n.row_number > o.row_number) \
                          OR nb.created_at > (SELECT created_at FROM batches WHERE id = o.batch)) \
                   ORDER BY nb.created_at DESC, n.row_number DESC LIMIT 1) AS newer \
            FROM origin o) \
-         UPDATE audit SET status = 'held', http_status = NULL, finished_at = ?3, \
+         UPDATE audit_rows SET status = 'held', http_status = NULL, finished_ms = ?3, reserved = NULL, \
            error = 'held: a later edit of this conversation already succeeded (' || held.newer || \
                    '); sending this older one would undo it. --send-older-edits sends it anyway' \
-         FROM held WHERE audit.rowid = held.id AND held.newer IS NOT NULL"
+         FROM held WHERE audit_rows.rowid = held.id AND held.newer IS NOT NULL"
     )))
     .bind(batch_id)
     .bind(pass)
-    .bind(now())
+    .bind(now_ms())
     .execute(&db.pool)
     .await?;
     Ok(held.rows_affected())
@@ -822,44 +844,47 @@ pub async fn hold_older_edits(db: &Db, batch_id: &str, pass: i64) -> anyhow::Res
 pub async fn skip_repeated_calls(db: &Db, batch_id: &str, pass: i64) -> anyhow::Result<u64> {
     const CALL: &str = "method || ' ' || url || ' ' || COALESCE(request_body, '')";
     let done = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "WITH mine AS MATERIALIZED ( \
+        "WITH me AS (SELECT no FROM batches WHERE id = ?1), \
+         mine AS MATERIALIZED ( \
            SELECT rowid AS id, api, conversation_id, row_number, status, pass, {CALL} AS call, \
                   lag({CALL}) OVER w AS prev_call, lag(row_number) OVER w AS prev_row \
-           FROM audit WHERE batch_id = ?1 AND method IS NOT NULL AND conversation_id IS NOT NULL \
+           FROM audit_rows WHERE batch_no = (SELECT no FROM me) AND method IS NOT NULL AND conversation_id IS NOT NULL \
            WINDOW w AS (PARTITION BY api, conversation_id ORDER BY row_number)), \
          conv AS ( \
            SELECT api, conversation_id, group_concat(call, char(10) ORDER BY row_number) AS seq, \
-             (SELECT n.batch_id FROM audit n JOIN batches nb ON nb.id = n.batch_id \
-              WHERE n.api = m.api AND n.conversation_id = m.conversation_id AND n.batch_id != ?1 \
+             (SELECT n.batch_no FROM audit_rows n JOIN batches nb ON nb.no = n.batch_no \
+              WHERE n.api = m.api AND n.conversation_id = m.conversation_id AND n.batch_no != (SELECT no FROM me) \
                 AND n.status IN ('succeeded', 'skipped') ORDER BY nb.created_at DESC LIMIT 1) AS last_batch \
            FROM mine m GROUP BY api, conversation_id), \
          same AS ( \
            SELECT c.api, c.conversation_id, c.last_batch FROM conv c WHERE c.last_batch IS NOT NULL \
-             AND c.seq = (SELECT group_concat(n.{CALL}, char(10) ORDER BY n.row_number) FROM audit n \
-                          WHERE n.batch_id = c.last_batch AND n.api = c.api AND n.conversation_id = c.conversation_id \
+             AND c.seq = (SELECT group_concat(n.{CALL}, char(10) ORDER BY n.row_number) FROM audit_rows n \
+                          WHERE n.batch_no = c.last_batch AND n.api = c.api AND n.conversation_id = c.conversation_id \
                             AND n.method IS NOT NULL) \
-             AND NOT EXISTS (SELECT 1 FROM audit n WHERE n.batch_id = c.last_batch AND n.api = c.api \
+             AND NOT EXISTS (SELECT 1 FROM audit_rows n WHERE n.batch_no = c.last_batch AND n.api = c.api \
                              AND n.conversation_id = c.conversation_id AND n.method IS NOT NULL \
                              AND n.status NOT IN ('succeeded', 'skipped'))), \
          judged AS ( \
            SELECT m.id, \
              CASE WHEN s.last_batch IS NOT NULL THEN \
-               'no change: this conversation gets exactly the calls batch ' || s.last_batch || ' made, and they succeeded' \
+               'no change: this conversation gets exactly the calls batch ' || (SELECT id FROM batches WHERE no = s.last_batch) \
+               || ' made, and they succeeded' \
              WHEN m.prev_row IS NOT NULL THEN \
                CASE WHEN m.prev_call = m.call THEN 'no change: the same call as row ' || m.prev_row || ' of this batch, just before it' END \
-             ELSE (SELECT 'no change: the same call was the last to succeed on this conversation (batch ' || n.batch_id || ', row ' || n.row_number || ')' \
-                   FROM (SELECT n.batch_id, n.row_number, n.{CALL} AS call FROM audit n \
+             ELSE (SELECT 'no change: the same call was the last to succeed on this conversation (batch ' \
+                          || (SELECT id FROM batches WHERE no = n.batch_no) || ', row ' || n.row_number || ')' \
+                   FROM (SELECT n.batch_no, n.row_number, n.{CALL} AS call FROM audit_rows n \
                          WHERE n.api = m.api AND n.conversation_id = m.conversation_id AND n.status = 'succeeded' \
-                           AND n.batch_id != ?1 ORDER BY n.finished_at DESC, n.rowid DESC LIMIT 1) n \
+                           AND n.batch_no != (SELECT no FROM me) ORDER BY n.finished_ms DESC, n.rowid DESC LIMIT 1) n \
                    WHERE n.call = m.call) END AS why \
            FROM mine m LEFT JOIN same s ON s.api = m.api AND s.conversation_id = m.conversation_id \
            WHERE m.pass = ?2 AND m.status IN {SENDABLE}) \
-         UPDATE audit SET status = 'skipped', finished_at = ?3, error = judged.why || '; --changed-only' \
-         FROM judged WHERE audit.rowid = judged.id AND judged.why IS NOT NULL"
+         UPDATE audit_rows SET status = 'skipped', finished_ms = ?3, reserved = NULL, error = judged.why || '; --changed-only' \
+         FROM judged WHERE audit_rows.rowid = judged.id AND judged.why IS NOT NULL"
     )))
     .bind(batch_id)
     .bind(pass)
-    .bind(now())
+    .bind(now_ms())
     .execute(&db.pool)
     .await?;
     Ok(done.rows_affected())
@@ -872,13 +897,13 @@ const DAMAGED: &str = "not sent: its recorded call is damaged in the audit datab
 /// damaged row must never stop the rest. Returns how many.
 pub async fn fail_damaged(db: &Db, batch_id: &str, pass: i64) -> anyhow::Result<u64> {
     let done = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE audit SET status = 'failed', finished_at = ?3, error = ?4 \
-         WHERE batch_id = ?1 AND pass = ?2 AND status IN {SENDABLE} \
+        "UPDATE audit_rows SET status = 'failed', finished_ms = ?3, reserved = NULL, error = ?4 \
+         WHERE batch_no = (SELECT no FROM batches WHERE id = ?1) AND pass = ?2 AND status IN {SENDABLE} \
          AND (api IS NULL OR api NOT IN ('attention', 'vg') OR method IS NULL OR url IS NULL OR conversation_id IS NULL)"
     )))
     .bind(batch_id)
     .bind(pass)
-    .bind(now())
+    .bind(now_ms())
     .bind(DAMAGED)
     .execute(&db.pool)
     .await?;
@@ -888,10 +913,10 @@ pub async fn fail_damaged(db: &Db, batch_id: &str, pass: i64) -> anyhow::Result<
 /// One row the send phase could not read back: failed, never sent.
 pub async fn mark_unreadable(db: &Db, rowid: i64) -> anyhow::Result<()> {
     sqlx::query(
-        "UPDATE audit SET status = 'failed', finished_at = ?2, error = ?3 WHERE rowid = ?1",
+        "UPDATE audit_rows SET status = 'failed', finished_ms = ?2, reserved = NULL, error = ?3 WHERE rowid = ?1",
     )
     .bind(rowid)
-    .bind(now())
+    .bind(now_ms())
     .bind(DAMAGED)
     .execute(&db.pool)
     .await?;
@@ -901,7 +926,8 @@ pub async fn mark_unreadable(db: &Db, rowid: i64) -> anyhow::Result<()> {
 /// Rows this pass of a batch will send.
 pub async fn count_sendable(db: &Db, batch_id: &str, pass: i64) -> anyhow::Result<u64> {
     let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FROM audit WHERE batch_id = ?1 AND pass = ?2 AND status IN {SENDABLE}"
+        "SELECT count(*) FROM audit_rows WHERE batch_no = (SELECT no FROM batches WHERE id = ?1) \
+         AND pass = ?2 AND status IN {SENDABLE}"
     )))
     .bind(batch_id)
     .bind(pass)
@@ -913,7 +939,8 @@ pub async fn count_sendable(db: &Db, batch_id: &str, pass: i64) -> anyhow::Resul
 /// Rows of one API in a batch that are still to send (`pending` or `in_flight`).
 pub async fn unsent_for_api(db: &Db, batch_id: &str, api: Api) -> anyhow::Result<u64> {
     let (n,): (i64,) = sqlx::query_as(
-        "SELECT count(*) FROM audit WHERE batch_id = ?1 AND api = ?2 AND status IN ('pending', 'in_flight')",
+        "SELECT count(*) FROM audit_rows WHERE batch_no = (SELECT no FROM batches WHERE id = ?1) AND api = ?2 \
+         AND status IN ('pending', 'in_flight')",
     )
     .bind(batch_id)
     .bind(api.name())
@@ -961,11 +988,11 @@ pub async fn sendable_page(
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT rowid, row_key, row_number, api, method, url, request_body, conversation_id, attempts, \
          status, op, agent_id, changes, \
-         EXISTS (SELECT 1 FROM reads r WHERE r.batch_id = audit.batch_id AND r.api = audit.api \
-                 AND r.conversation_id = audit.conversation_id AND r.purpose = 'pre_image') AS pre_image, \
+         EXISTS (SELECT 1 FROM reads r WHERE r.batch_id = ?1 AND r.api = a.api \
+                 AND r.conversation_id = a.conversation_id AND r.purpose = 'pre_image') AS pre_image, \
          CASE WHEN status = 'in_flight' THEN (SELECT snapshot FROM conversations c \
-              WHERE c.api = audit.api AND c.conversation_id = audit.conversation_id) END AS before \
-         FROM audit WHERE batch_id = ?1 AND pass = ?2 AND status IN {SENDABLE} AND api = ?6 \
+              WHERE c.api = a.api AND c.conversation_id = a.conversation_id) END AS before \
+         FROM audit_rows a WHERE batch_no = (SELECT no FROM batches WHERE id = ?1) AND pass = ?2 AND status IN {SENDABLE} AND api = ?6 \
          AND (row_number, rowid) > (?3, ?4) AND (?7 IS NULL OR row_number <= ?7) \
          ORDER BY row_number, rowid LIMIT ?5"
     )))
@@ -1003,9 +1030,9 @@ pub async fn undo_inputs(
     use futures::TryStreamExt;
     let mut rows = sqlx::query_as::<_, Undone>(
         "SELECT a.api, a.conversation_id, a.agent_id, a.op, a.request_body, r.state AS pre_image \
-         FROM audit a LEFT JOIN reads r ON r.batch_id = a.batch_id AND r.api = a.api \
+         FROM audit_rows a LEFT JOIN reads r ON r.batch_id = ?1 AND r.api = a.api \
               AND r.conversation_id = a.conversation_id AND r.purpose = 'pre_image' \
-         WHERE a.batch_id = ?1 AND a.status = 'succeeded' AND a.api IS NOT NULL AND a.conversation_id IS NOT NULL \
+         WHERE a.batch_no = (SELECT no FROM batches WHERE id = ?1) AND a.status = 'succeeded' AND a.api IS NOT NULL AND a.conversation_id IS NOT NULL \
          ORDER BY a.api, a.conversation_id, a.row_number",
     )
     .bind(batch_id)
@@ -1026,7 +1053,9 @@ pub async fn insert_built(
     insert_planned(db, batch_id, &planned).await?;
     let mut tx = db.pool.begin().await?;
     for (r, changes) in rows.iter().filter(|(_, c)| c.is_some()) {
-        sqlx::query("UPDATE audit SET changes = ?3 WHERE batch_id = ?1 AND row_key = ?2")
+        sqlx::query(
+            "UPDATE audit_rows SET changes = ?3 WHERE batch_no = (SELECT no FROM batches WHERE id = ?1) AND row_key = ?2",
+        )
             .bind(batch_id)
             .bind(&r.row_key)
             .bind(changes)
@@ -1056,8 +1085,8 @@ pub async fn conversation_rows(
     conversation_id: &str,
 ) -> anyhow::Result<Vec<ConversationRow>> {
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT rowid, row_number, op, request_body FROM audit \
-         WHERE batch_id = ?1 AND api = ?2 AND conversation_id = ?3 AND pass = ?4 AND status IN {SENDABLE} \
+        "SELECT rowid, row_number, op, request_body FROM audit_rows \
+         WHERE batch_no = (SELECT no FROM batches WHERE id = ?1) AND api = ?2 AND conversation_id = ?3 AND pass = ?4 AND status IN {SENDABLE} \
          ORDER BY row_number"
     )))
     .bind(batch_id)
@@ -1076,7 +1105,7 @@ pub async fn nth_sendable(
     n: u64,
 ) -> anyhow::Result<Option<i64>> {
     Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT row_number FROM audit WHERE batch_id = ?1 AND pass = ?2 AND status IN {SENDABLE} \
+        "SELECT row_number FROM audit_rows WHERE batch_no = (SELECT no FROM batches WHERE id = ?1) AND pass = ?2 AND status IN {SENDABLE} \
          AND api IS NOT NULL ORDER BY row_number, rowid LIMIT 1 OFFSET ?3"
     )))
     .bind(batch_id)

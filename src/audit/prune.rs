@@ -28,7 +28,7 @@ pub async fn candidates(
 ) -> anyhow::Result<Vec<Candidate>> {
     let rows: Vec<(String, String, String, Option<String>, i64)> = sqlx::query_as(
         "SELECT b.id, b.status, b.created_at, b.pruned, \
-                (SELECT count(*) FROM audit a WHERE a.batch_id = b.id) \
+                (SELECT count(*) FROM audit_rows a WHERE a.batch_no = b.no) \
          FROM batches b WHERE ?1 IS NULL OR b.created_at < ?1 \
          ORDER BY b.created_at DESC, b.id",
     )
@@ -65,10 +65,10 @@ pub async fn strip(db: &Db, batch_id: &str) -> anyhow::Result<u64> {
     let mut total = 0;
     loop {
         let done = sqlx::query(
-            "UPDATE audit SET response = NULL, source_row = NULL, holds_snapshot = NULL WHERE rowid IN ( \
-               SELECT a.rowid FROM audit a WHERE a.batch_id = ?1 \
-                 AND (a.response IS NOT NULL OR a.source_row IS NOT NULL) \
-                 AND NOT EXISTS (SELECT 1 FROM conversations c WHERE c.batch_id = a.batch_id AND c.row_key = a.row_key) \
+            "UPDATE audit_rows SET response_id = NULL, source_row = NULL, holds_snapshot = NULL WHERE rowid IN ( \
+               SELECT a.rowid FROM audit_rows a WHERE a.batch_no = (SELECT no FROM batches WHERE id = ?1) \
+                 AND (a.response_id IS NOT NULL OR a.source_row IS NOT NULL) \
+                 AND NOT EXISTS (SELECT 1 FROM conversations c WHERE c.batch_id = ?1 AND c.row_key = a.row_key) \
                LIMIT ?2)",
         )
         .bind(batch_id)
@@ -96,11 +96,13 @@ pub async fn strip(db: &Db, batch_id: &str) -> anyhow::Result<u64> {
 pub async fn remove(db: &Db, batch_id: &str) -> anyhow::Result<u64> {
     let mut total = 0;
     for sql in [
-        "DELETE FROM attempts WHERE (batch_id, row_key, attempt) IN \
-           (SELECT batch_id, row_key, attempt FROM attempts WHERE batch_id = ?1 LIMIT ?2)",
+        "DELETE FROM audit_attempts WHERE (batch_no, row_key, attempt) IN \
+           (SELECT batch_no, row_key, attempt FROM audit_attempts \
+            WHERE batch_no = (SELECT no FROM batches WHERE id = ?1) LIMIT ?2)",
         "DELETE FROM reads WHERE rowid IN (SELECT rowid FROM reads WHERE batch_id = ?1 LIMIT ?2)",
-        "DELETE FROM audit WHERE rowid IN (SELECT a.rowid FROM audit a WHERE a.batch_id = ?1 \
-           AND NOT EXISTS (SELECT 1 FROM conversations c WHERE c.batch_id = a.batch_id AND c.row_key = a.row_key) LIMIT ?2)",
+        "DELETE FROM audit_rows WHERE rowid IN (SELECT a.rowid FROM audit_rows a \
+           WHERE a.batch_no = (SELECT no FROM batches WHERE id = ?1) \
+           AND NOT EXISTS (SELECT 1 FROM conversations c WHERE c.batch_id = ?1 AND c.row_key = a.row_key) LIMIT ?2)",
     ] {
         loop {
             let done = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -109,7 +111,7 @@ pub async fn remove(db: &Db, batch_id: &str) -> anyhow::Result<u64> {
                 .execute(&db.pool)
                 .await
                 .context("audit database: remove a batch's rows")?;
-            if sql.starts_with("DELETE FROM audit") {
+            if sql.starts_with("DELETE FROM audit_rows") {
                 total += done.rows_affected();
             }
             if done.rows_affected() < CHUNK as u64 {
@@ -191,9 +193,9 @@ pub async fn reclaim(db: &Db, size: Size) -> anyhow::Result<()> {
 /// what rows, indexes and attempts keep (about a fifth).
 pub async fn estimate(db: &Db, before: &str) -> anyhow::Result<u64> {
     let (old, all): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM audit a JOIN batches b ON b.id = a.batch_id \
+        "SELECT (SELECT count(*) FROM audit_rows a JOIN batches b ON b.no = a.batch_no \
                  WHERE b.created_at < ?1 AND b.status = 'completed' AND b.pruned IS NULL), \
-                (SELECT count(*) FROM audit)",
+                (SELECT count(*) FROM audit_rows)",
     )
     .bind(before)
     .fetch_one(&db.pool)

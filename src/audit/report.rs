@@ -59,7 +59,10 @@ pub async fn batches(db: &Db, only: Option<&str>) -> anyhow::Result<Vec<BatchLin
                 .await?
         }
         None => {
-            sqlx::query_as("SELECT batch_id, status, count(*) FROM audit GROUP BY batch_id, status")
+            sqlx::query_as(
+                "SELECT b.id, a.status, a.n FROM (SELECT batch_no, status, count(*) AS n FROM audit_rows \
+                 GROUP BY batch_no, status) a JOIN batches b ON b.no = a.batch_no",
+            )
                 .fetch_all(&db.pool)
                 .await?
         }

@@ -4,7 +4,7 @@
 //! database slower than the API slows the senders instead of piling
 //! responses up in memory. Checkpoints run beside it.
 
-use super::{Db, RowStatus, now, placeholders};
+use super::{Db, RowStatus, now, now_ms, placeholders};
 use crate::edit::Api;
 use anyhow::Context;
 use sqlx::{Connection, SqliteConnection};
@@ -18,7 +18,8 @@ use tokio::sync::{mpsc, oneshot};
 pub struct AttemptRecord {
     pub row_key: Arc<str>,
     pub attempt: u32,
-    pub started_at: String,
+    /// Milliseconds since 1970 (UTC).
+    pub started_ms: i64,
     pub duration_ms: u64,
     pub http_status: Option<u16>,
     pub error: Option<String>,
@@ -111,11 +112,21 @@ impl Writer {
             .await?;
         let (urgent, urgent_rx) = mpsc::channel(GROUP);
         let (bulk, bulk_rx) = mpsc::channel(BULK);
-        let batch_id = batch_id.to_owned();
-        let checkpointer = tokio::spawn(checkpoint_loop(db.clone()));
+        // Attempts name the batch by its number (`batches.no`).
+        let batch_no: Option<i64> = sqlx::query_scalar("SELECT no FROM batches WHERE id = ?1")
+            .bind(batch_id)
+            .fetch_optional(&mut conn)
+            .await?;
+        let batch = (batch_id.to_owned(), batch_no);
+        let (stop, stopped) = oneshot::channel();
+        let checkpointer = tokio::spawn(checkpoint_loop(db.clone(), stopped));
         let task = tokio::spawn(async move {
-            let result = write_loop(conn, batch_id, urgent_rx, bulk_rx).await;
-            checkpointer.abort();
+            let result = write_loop(conn, batch, urgent_rx, bulk_rx).await;
+            // Let a checkpoint under way finish: aborted, it would still run
+            // on its connection, and the final truncation of the WAL, finding
+            // another checkpoint running, would give up and leave it full.
+            let _ = stop.send(());
+            let _ = checkpointer.await;
             result
         });
         Ok((Writer { urgent, bulk }, task))
@@ -175,7 +186,7 @@ pub struct WriterGone;
 
 async fn write_loop(
     mut conn: SqliteConnection,
-    batch_id: String,
+    (batch_id, batch_no): (String, Option<i64>),
     mut urgent: mpsc::Receiver<Event>,
     mut bulk: mpsc::Receiver<Event>,
 ) -> anyhow::Result<usize> {
@@ -213,16 +224,16 @@ async fn write_loop(
             }
         }
         peak = peak.max(queue.len());
-        let at = now();
+        let (at, at_ms) = (now(), now_ms());
         // Calls wait for their marks: those go first, in a short transaction of their own.
         // (A row's outcome never precedes its own mark, which it waited for.)
         if !marks.is_empty() || !reads.is_empty() {
             let ids: Vec<i64> = marks.iter().map(|(id, _)| *id).collect();
             let mark = sqlx::query(
-                "UPDATE audit SET status = 'in_flight', started_at = COALESCE(started_at, ?1), finished_at = NULL \
+                "UPDATE audit_rows SET status = 'in_flight', started_ms = COALESCE(started_ms, ?1), finished_ms = NULL, reserved = NULL \
                  WHERE rowid IN (SELECT value FROM json_each(?2))",
             )
-            .bind(&at)
+            .bind(at_ms)
             .bind(serde_json::to_string(&ids)?);
             if reads.is_empty() {
                 // One statement commits by itself: one round trip to the
@@ -259,11 +270,17 @@ async fn write_loop(
             }
         }
         if !attempts.is_empty() || !outcomes.is_empty() {
-            let mut tx = conn.begin().await.context("audit database: begin")?;
-            write_attempts(&mut tx, &batch_id, &attempts)
+            // IMMEDIATE: the outcomes begin by reading the last response's
+            // number, and a read that turns into a write fails if another
+            // process wrote in between (SQLITE_BUSY_SNAPSHOT).
+            let mut tx = conn
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .context("audit database: begin")?;
+            write_attempts(&mut tx, batch_no, &attempts)
                 .await
                 .context("audit database: record attempts")?;
-            write_outcomes(&mut tx, &at, &outcomes)
+            write_outcomes(&mut tx, at_ms, &outcomes)
                 .await
                 .context("audit database: record outcomes")?;
             tx.commit().await.context("audit database: commit")?;
@@ -303,9 +320,12 @@ fn sort(
 /// passes [`WAL_RESTART_FRAMES`] a RESTART checkpoint copies the little that
 /// is left and makes the next write start the WAL from the beginning: the
 /// WAL (and the memory its index maps) stays bounded however long the batch.
-async fn checkpoint_loop(db: Db) {
+async fn checkpoint_loop(db: Db, mut stop: oneshot::Receiver<()>) {
     loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = &mut stop => return,
+        }
         let passive: Result<(i64, i64, i64), _> = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
             .fetch_one(&db.pool)
             .await;
@@ -362,7 +382,7 @@ async fn write_read(
 
 async fn write_attempts(
     tx: &mut SqliteConnection,
-    batch_id: &str,
+    batch_no: Option<i64>,
     attempts: &[AttemptRecord],
 ) -> sqlx::Result<()> {
     let mut rest = attempts;
@@ -370,16 +390,16 @@ async fn write_attempts(
         let (chunk, tail) = rest.split_at(size);
         rest = tail;
         let sql = format!(
-            "INSERT OR REPLACE INTO attempts (batch_id, row_key, attempt, started_at, duration_ms, http_status, error) VALUES {}",
+            "INSERT OR REPLACE INTO audit_attempts (batch_no, row_key, attempt, started_ms, duration_ms, http_status, error) VALUES {}",
             placeholders(size, 7)
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for a in chunk {
             q = q
-                .bind(batch_id)
+                .bind(batch_no)
                 .bind(&*a.row_key)
                 .bind(a.attempt as i64)
-                .bind(&a.started_at)
+                .bind(a.started_ms)
                 .bind(a.duration_ms as i64)
                 .bind(a.http_status.map(i64::from))
                 .bind(&a.error);
@@ -389,32 +409,69 @@ async fn write_attempts(
     Ok(())
 }
 
+/// Responses are appended to `responses` (numbered after the last one: this
+/// transaction holds the database's write lock), then each row is updated
+/// to point at its own; the row's earlier response, if any, goes with it
+/// (a trigger).
 async fn write_outcomes(
     tx: &mut SqliteConnection,
-    at: &str,
+    at_ms: i64,
     outcomes: &[Outcome],
 ) -> sqlx::Result<()> {
-    let mut rest = outcomes;
-    for size in chunk_sizes(outcomes.len()) {
+    let (last,): (i64,) = sqlx::query_as("SELECT COALESCE(max(id), 0) FROM responses")
+        .fetch_one(&mut *tx)
+        .await?;
+    let mut next = last;
+    let response_ids: Vec<Option<i64>> = outcomes
+        .iter()
+        .map(|o| {
+            o.response.as_ref().map(|_| {
+                next += 1;
+                next
+            })
+        })
+        .collect();
+    let bodies: Vec<(i64, &str)> = outcomes
+        .iter()
+        .zip(&response_ids)
+        .filter_map(|(o, id)| Some(((*id)?, o.response.as_deref()?)))
+        .collect();
+    let mut rest = &bodies[..];
+    for size in chunk_sizes(bodies.len()) {
         let (chunk, tail) = rest.split_at(size);
         rest = tail;
-        // column1 = rowid, then status, attempts, http_status, error, response, changes, holds_snapshot.
         let sql = format!(
-            "UPDATE audit SET status = v.column2, attempts = v.column3, http_status = v.column4, error = v.column5, \
-             response = v.column6, changes = COALESCE(v.column7, audit.changes), holds_snapshot = v.column8, \
-             finished_at = CASE WHEN v.column2 = 'pending' THEN NULL ELSE ? END \
-             FROM (VALUES {}) AS v WHERE audit.rowid = v.column1",
+            "INSERT INTO responses (id, body) VALUES {}",
+            placeholders(size, 2)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (id, body) in chunk {
+            q = q.bind(id).bind(body);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    let rows: Vec<(&Outcome, Option<i64>)> = outcomes.iter().zip(response_ids).collect();
+    let mut rest = &rows[..];
+    for size in chunk_sizes(rows.len()) {
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        // column1 = rowid, then status, attempts, http_status, error, response_id, changes, holds_snapshot.
+        let sql = format!(
+            "UPDATE audit_rows SET status = v.column2, attempts = v.column3, http_status = v.column4, error = v.column5, \
+             response_id = v.column6, changes = COALESCE(v.column7, audit_rows.changes), holds_snapshot = v.column8, \
+             finished_ms = CASE WHEN v.column2 = 'pending' THEN NULL ELSE ? END \
+             FROM (VALUES {}) AS v WHERE audit_rows.rowid = v.column1",
             placeholders(size, 8)
         );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(at);
-        for o in chunk {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(at_ms);
+        for (o, response_id) in chunk {
             q = q
                 .bind(o.id)
                 .bind(o.status.as_str())
                 .bind(o.attempts as i64)
                 .bind(o.http_status.map(i64::from))
                 .bind(&o.error)
-                .bind(o.response.as_deref())
+                .bind(response_id)
                 .bind(o.changes.as_deref())
                 .bind(o.snapshot.as_ref().map(|_| 1i64));
         }

@@ -9,6 +9,7 @@
 //! - `report`: status, failures export and every README query, run for real
 //! - `live`: plan and apply, --skip-unchanged, --changed-only, resume settling in-doubt rows by reading
 //! - `sandbox`: the simulator itself, and the whole pipeline through its faults
+//! - `storage`: how the audit database stores its facts, and upgrades to it
 
 mod common;
 mod hardening;
@@ -21,3 +22,4 @@ mod report;
 mod resume;
 mod run;
 mod sandbox;
+mod storage;

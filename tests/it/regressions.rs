@@ -430,7 +430,7 @@ async fn an_audit_failure_mid_send_stops_says_why_and_exits_3() {
     stopped_batch(&w, &sb, 50).await;
     let db = w.db().await;
     sqlx::query(
-        "CREATE TRIGGER boom BEFORE UPDATE OF status ON audit \
+        "CREATE TRIGGER boom BEFORE UPDATE OF status ON audit_rows \
          WHEN NEW.status = 'in_flight' AND NEW.row_key = '20' \
          BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
     )
