@@ -8,8 +8,8 @@
 --   `batches.no`. Times are integer milliseconds since 1970 (UTC) in the
 --   tables, 6 bytes instead of 24, and the views show them as before.
 --   `audit` and `attempts` are views with the same columns as the tables
---   they were, so every query of them answers as before. `audit` also takes
---   INSERT, UPDATE and DELETE (its triggers write the tables below it).
+--   they were, so every query of them answers as before. Both also take
+--   INSERT, UPDATE and DELETE (their triggers write the tables below them).
 --
 --   batches.no        the batch's number: what `audit_rows` and
 --                     `audit_attempts` store instead of its name
@@ -122,7 +122,7 @@ CREATE VIEW attempts AS
 SELECT b.id AS batch_id, t.row_key, t.attempt, strftime('%Y-%m-%dT%H:%M:%S', t.started_ms / 1000, 'unixepoch') || printf('.%03dZ', t.started_ms % 1000) AS started_at, t.duration_ms, t.http_status, t.error
 FROM audit_attempts t JOIN batches b ON b.no = t.batch_no;
 
--- Writing `audit` writes the tables below it (for scripts and repairs by hand).
+-- Writing `audit` or `attempts` writes the tables below them (for scripts and repairs by hand).
 CREATE TRIGGER audit_insert INSTEAD OF INSERT ON audit BEGIN
     INSERT INTO responses (body) SELECT NEW.response WHERE NEW.response IS NOT NULL;
     INSERT INTO audit_rows (batch_no, row_key, row_number, row_hash, op, api, conversation_id, agent_id,
@@ -151,6 +151,22 @@ CREATE TRIGGER audit_update INSTEAD OF UPDATE ON audit BEGIN
 END;
 CREATE TRIGGER audit_delete INSTEAD OF DELETE ON audit BEGIN
     DELETE FROM audit_rows WHERE batch_no = (SELECT no FROM batches WHERE id = OLD.batch_id) AND row_key = OLD.row_key;
+END;
+
+CREATE TRIGGER attempts_insert INSTEAD OF INSERT ON attempts BEGIN
+    INSERT INTO audit_attempts (batch_no, row_key, attempt, started_ms, duration_ms, http_status, error)
+        VALUES ((SELECT no FROM batches WHERE id = NEW.batch_id), NEW.row_key, NEW.attempt,
+            CAST(round((julianday(NEW.started_at) - 2440587.5) * 86400000.0) AS INTEGER), NEW.duration_ms, NEW.http_status, NEW.error);
+END;
+CREATE TRIGGER attempts_update INSTEAD OF UPDATE ON attempts BEGIN
+    UPDATE audit_attempts SET batch_no = (SELECT no FROM batches WHERE id = NEW.batch_id), row_key = NEW.row_key,
+        attempt = NEW.attempt, started_ms = CAST(round((julianday(NEW.started_at) - 2440587.5) * 86400000.0) AS INTEGER), duration_ms = NEW.duration_ms,
+        http_status = NEW.http_status, error = NEW.error
+    WHERE batch_no = (SELECT no FROM batches WHERE id = OLD.batch_id) AND row_key = OLD.row_key AND attempt = OLD.attempt;
+END;
+CREATE TRIGGER attempts_delete INSTEAD OF DELETE ON attempts BEGIN
+    DELETE FROM audit_attempts
+    WHERE batch_no = (SELECT no FROM batches WHERE id = OLD.batch_id) AND row_key = OLD.row_key AND attempt = OLD.attempt;
 END;
 
 -- The latest snapshot per conversation, as in version 5.

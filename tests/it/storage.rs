@@ -124,6 +124,27 @@ async fn a_version_6_database_upgrades_to_narrow_rows_with_every_fact() {
         .await
         .unwrap();
     assert_eq!(bodies(&db).await, (1, 1));
+    sqlx::query(
+        "INSERT INTO attempts (batch_id, row_key, attempt, started_at, duration_ms, http_status) \
+         VALUES ('old', '2', 1, '2026-11-01T03:00:05.005Z', 7, 200)",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let started: String = sqlx::query_scalar("SELECT started_at FROM attempts WHERE row_key = '2'")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(started, "2026-11-01T03:00:05.005Z");
+    sqlx::query("DELETE FROM attempts WHERE batch_id = 'old'")
+        .execute(&db)
+        .await
+        .unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM attempts")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(left, 1, "only batch older's attempt is left");
 }
 
 /// A row answered twice (failed with a body, then resumed and succeeded)
