@@ -265,7 +265,13 @@ async fn open_csv(
                     number += 1;
                     let multiline = record.iter().any(|f| f.contains(&b'\n'));
                     if let Some(i) = record.iter().position(|f| std::str::from_utf8(f).is_err()) {
-                        // The encoding is the file's, not the row's: refuse it all.
+                        // The encoding is the file's, not the row's: refuse it all
+                        // (after the row held back, so every row before it is seen).
+                        if let Some((prev, _)) = held.take()
+                            && tx.blocking_send(Ok(prev)).is_err()
+                        {
+                            return;
+                        }
                         let line = record.position().map_or(number + 1, |p| p.line());
                         let _ = tx.blocking_send(Err(SourceError(format!(
                             "line {line} (data row {number}), column {}: {NOT_UTF8}",

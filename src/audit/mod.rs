@@ -653,33 +653,40 @@ impl SeenKeys {
     /// Adds `(key, row number)` pairs, in source order; the first key seen
     /// before (in this call or an earlier one) is the error.
     pub async fn add(&mut self, keys: &[(&str, u64)]) -> Result<(), SeenError> {
+        // The first row (in source order) whose key came before: within
+        // these keys, or in an earlier call, whichever row comes first.
         let mut here = std::collections::HashMap::new();
+        let mut repeated = None;
         for (k, n) in keys {
             if let Some(first) = here.insert(*k, *n) {
-                return Err(DuplicateKey {
+                repeated = Some(DuplicateKey {
                     row_key: (*k).to_owned(),
                     row_number: *n,
                     first_row_number: first,
-                }
-                .into());
+                });
+                break;
             }
         }
         let json = serde_json::to_string(keys).map_err(anyhow::Error::from)?;
-        let earlier: Option<(String, i64)> = sqlx::query_as(
-            "SELECT row_key, row_number FROM seen_keys WHERE row_key IN (SELECT value ->> 0 FROM json_each(?1)) LIMIT 1",
+        let earlier: Option<(String, i64, i64)> = sqlx::query_as(
+            "SELECT s.row_key, s.row_number, j.value ->> 1 AS at FROM json_each(?1) j \
+             JOIN seen_keys s ON s.row_key = j.value ->> 0 ORDER BY at LIMIT 1",
         )
         .bind(&json)
         .fetch_optional(&mut self.conn)
         .await
         .map_err(anyhow::Error::from)?;
-        if let Some((k, first)) = earlier {
-            let at = here.get(k.as_str()).copied().unwrap_or(0);
-            return Err(DuplicateKey {
+        if let Some((k, first, at)) = earlier
+            && repeated.as_ref().is_none_or(|d| (at as u64) < d.row_number)
+        {
+            repeated = Some(DuplicateKey {
                 row_key: k,
-                row_number: at,
+                row_number: at as u64,
                 first_row_number: first as u64,
-            }
-            .into());
+            });
+        }
+        if let Some(d) = repeated {
+            return Err(d.into());
         }
         sqlx::query("INSERT INTO seen_keys SELECT value ->> 0, value ->> 1 FROM json_each(?1)")
             .bind(&json)
