@@ -11,6 +11,12 @@
 //!   `in_flight` mark before its call goes on the wire;
 //! - [`report`], reading it all back for people and scripts;
 //! - [`prune`], removing old batches' bulk and giving the space back.
+//!
+//! People query the views `audit`, `attempts` and `conversations`; convoy
+//! writes the tables under them (migration 0007): narrow rows in
+//! `audit_rows` and `audit_attempts` that name their batch by
+//! `batches.no` and keep times in integer milliseconds ([`now_ms`]), and
+//! each response once in `responses`, appended as answers come.
 
 use crate::edit::Api;
 pub mod prune;
