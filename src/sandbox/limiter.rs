@@ -233,6 +233,9 @@ mod tests {
         Rate(Limit),
         /// At most this many calls served at once (each for its whole round trip).
         InFlight(usize),
+        /// The first limit, the second from 15 s to 35 s (a new limiter at
+        /// each change, as the sandbox's `PUT /_sandbox/rate-limit` makes).
+        Drops(Limit, Limit),
     }
 
     fn night_of(
@@ -242,12 +245,26 @@ mod tests {
         retry_after: bool,
         rows: usize,
     ) -> (f64, usize) {
+        night_logged(a, server, rtt, retry_after, rows, &mut Vec::new())
+    }
+
+    /// [`night_of`], also noting when each accepted call reached the API.
+    fn night_logged(
+        a: &mut Auto,
+        server: Server,
+        rtt: (f64, f64),
+        retry_after: bool,
+        rows: usize,
+        accepted: &mut Vec<f64>,
+    ) -> (f64, usize) {
         let t0 = Instant::now();
         let at = |t: f64| t0 + Duration::from_secs_f64(t);
         let mut limiter = match server {
-            Server::Rate(limit) => Some(Limiter::new(limit, t0)),
+            Server::Rate(limit) | Server::Drops(limit, _) => Some(Limiter::new(limit, t0)),
             Server::InFlight(_) => None,
         };
+        // Which of a dropping limit's limits holds now (0, 1, 2: before, during, after).
+        let mut stage = 0;
         let mut rng = fastrand::Rng::with_seed(7);
         let (mut t, mut last_send, mut paused_until) = (0.0f64, f64::NEG_INFINITY, 0.0f64);
         let (mut done, mut limited, mut answered) = (0usize, 0usize, 0usize);
@@ -292,8 +309,19 @@ mod tests {
                     t = send_at;
                     last_send = t;
                     let trip = rtt.0 + rng.f64() * (rtt.1 - rtt.0);
+                    let arrives = t + trip / 2.0;
+                    if let Server::Drops(high, low) = server {
+                        for (i, (from, limit)) in
+                            [(15.0, low), (35.0, high)].into_iter().enumerate()
+                        {
+                            if stage == i && arrives >= from {
+                                limiter = Some(Limiter::new(limit, at(from)));
+                                stage = i + 1;
+                            }
+                        }
+                    }
                     let verdict = match (&mut limiter, server) {
-                        (Some(l), _) => l.check(at(t + trip / 2.0)),
+                        (Some(l), _) => l.check(at(arrives)),
                         (None, Server::InFlight(k)) => {
                             // The sandbox serves each call for its whole
                             // round trip (its latency is its own).
@@ -304,13 +332,16 @@ mod tests {
                                 Ok(())
                             }
                         }
-                        (None, Server::Rate(_)) => unreachable!(),
+                        (None, _) => unreachable!(),
                     };
                     if let Err(wait) = verdict
                         && retry_after
                     {
                         let secs = wait.as_secs_f64().ceil().max(1.0);
                         paused_until = paused_until.max(t + trip + secs);
+                    }
+                    if verdict.is_ok() {
+                        accepted.push(arrives);
                     }
                     wire.push((t + trip, t, verdict.is_ok(), wire.len() + 1));
                 }
@@ -471,6 +502,34 @@ mod tests {
         }
     }
 
+    /// `bench.py auto`'s limit that drops from 50/s to 20/s at 15 s and
+    /// comes back at 35 s, simulated: prints the calls accepted each second.
+    #[test]
+    #[ignore]
+    fn print_a_limit_that_drops() {
+        let high = Limit::bucket(50.0);
+        let low = Limit::bucket(20.0);
+        let mut a = Auto::new(None, Some(49.6), Instant::now());
+        let mut accepted = Vec::new();
+        let (t, limited) = night_logged(
+            &mut a,
+            Server::Drops(high, low),
+            (0.0005, 0.001),
+            true,
+            3000,
+            &mut accepted,
+        );
+        let mut per_sec = vec![0; t as usize + 1];
+        for s in &accepted {
+            per_sec[*s as usize] += 1;
+        }
+        let low_phase: usize = per_sec[18..35].iter().sum();
+        println!(
+            "{t:.1} s, {limited} 429s; 18-35 s: {:.0}% of 20/s; per second: {per_sec:?}",
+            100.0 * low_phase as f64 / (20.0 * 17.0)
+        );
+    }
+
     /// Prints `auto`'s figures against every shape (`cargo test --release
     /// print_every_shape -- --ignored --nocapture`): the simulated twin of
     /// `scripts/bench.py realworld`, for working on the controller. `ONLY=`
@@ -544,7 +603,7 @@ mod tests {
                     continue;
                 }
                 let allowed = match server {
-                    Server::Rate(l) => l.rate,
+                    Server::Rate(l) | Server::Drops(l, _) => l.rate,
                     Server::InFlight(k) => k as f64 / ((rtt.0 + rtt.1) / 2.0),
                 };
                 let ideal = rows as f64 / allowed;
