@@ -95,6 +95,7 @@ impl Db {
             .await?
             .context("cannot lock the audit database to open it")?;
         refuse_foreign(path).await?;
+        let rewrites = upgrade_rewrites(path).await;
         create_private(path)
             .with_context(|| format!("cannot create the audit database {}", path.display()))?;
         let options = SqliteConnectOptions::new()
@@ -124,6 +125,17 @@ impl Db {
             .run(&pool)
             .await
             .with_context(|| format!("cannot migrate the audit database {}", path.display()))?;
+        if rewrites {
+            // The old tables' pages are free now: give them back (a database
+            // made with incremental auto-vacuum) and empty the WAL, which
+            // holds a copy of everything rewritten.
+            let _ = sqlx::query("PRAGMA incremental_vacuum")
+                .execute(&pool)
+                .await;
+            let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&pool)
+                .await;
+        }
         drop(lock);
         Ok(Db {
             pool,
@@ -185,6 +197,26 @@ fn lock_file(dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
         .write(true)
         .open(&path)
         .with_context(|| format!("cannot open the lock file {}", path.display()))
+}
+
+/// Whether opening the database at `path` will rewrite its rows: the
+/// upgrade to narrow rows (migration 7) of a database that has some. That
+/// takes a while for a large database, so it is worth a line first.
+pub async fn upgrade_rewrites(path: &Path) -> bool {
+    if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
+        return false;
+    }
+    let options = SqliteConnectOptions::new().filename(path).read_only(true);
+    let Ok(mut conn) = SqliteConnection::connect_with(&options).await else {
+        return false;
+    };
+    let rewrites: Result<bool, _> = sqlx::query_scalar(
+        "SELECT (SELECT max(version) FROM _sqlx_migrations) < 7 AND EXISTS (SELECT 1 FROM audit)",
+    )
+    .fetch_one(&mut conn)
+    .await;
+    let _ = conn.close().await;
+    rewrites.unwrap_or(false)
 }
 
 /// Refuses an existing SQLite file that is not a convoy audit database,

@@ -111,6 +111,18 @@ pub async fn open_existing(g: &Global) -> Result<audit::Db, Error> {
             g.db.display()
         )));
     }
+    open(g).await
+}
+
+/// Opens (creating or upgrading) the audit database, saying so first when
+/// the upgrade rewrites its rows.
+pub async fn open(g: &Global) -> Result<audit::Db, Error> {
+    if audit::upgrade_rewrites(&g.db).await {
+        crate::errln!(
+            "note: upgrading the audit database {} to narrow rows: a one-time rewrite of its rows (a few minutes for a database of some GB); nothing is lost",
+            g.db.display()
+        );
+    }
     Ok(audit::Db::open(&g.db).await?)
 }
 

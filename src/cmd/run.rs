@@ -134,7 +134,7 @@ pub async fn start(
     if let Err(e) = super::check_free_space(&g.db, a.min_free) {
         return Err(usage(e));
     }
-    let db = Db::open(&g.db).await?;
+    let db = super::open(g).await?;
     // One shell word: spaces and the like in a file name become dashes.
     let stem: String = source
         .stem()
