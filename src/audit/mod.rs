@@ -82,6 +82,12 @@ impl Db {
     /// time; and a SQLite file that is not a convoy audit database is
     /// refused before anything is written to it.
     pub async fn open(path: &Path) -> anyhow::Result<Db> {
+        Db::open_with(path, || {}).await
+    }
+
+    /// [`Db::open`], calling `before_rewrite` first when the upgrade is one
+    /// that rewrites the database's rows (it takes a while when they are many).
+    pub async fn open_with(path: &Path, before_rewrite: impl FnOnce()) -> anyhow::Result<Db> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| {
                 format!(
@@ -96,6 +102,9 @@ impl Db {
             .context("cannot lock the audit database to open it")?;
         refuse_foreign(path).await?;
         let rewrites = upgrade_rewrites(path).await;
+        if rewrites {
+            before_rewrite();
+        }
         create_private(path)
             .with_context(|| format!("cannot create the audit database {}", path.display()))?;
         let options = SqliteConnectOptions::new()
@@ -200,9 +209,8 @@ fn lock_file(dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
 }
 
 /// Whether opening the database at `path` will rewrite its rows: the
-/// upgrade to narrow rows (migration 7) of a database that has some. That
-/// takes a while for a large database, so it is worth a line first.
-pub async fn upgrade_rewrites(path: &Path) -> bool {
+/// upgrade to narrow rows (migration 7) of a database that has some.
+async fn upgrade_rewrites(path: &Path) -> bool {
     if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
         return false;
     }

@@ -117,13 +117,13 @@ pub async fn open_existing(g: &Global) -> Result<audit::Db, Error> {
 /// Opens (creating or upgrading) the audit database, saying so first when
 /// the upgrade rewrites its rows.
 pub async fn open(g: &Global) -> Result<audit::Db, Error> {
-    if audit::upgrade_rewrites(&g.db).await {
+    Ok(audit::Db::open_with(&g.db, || {
         crate::errln!(
-            "note: upgrading the audit database {} to narrow rows: a one-time rewrite of its rows (a few minutes for a database of some GB); nothing is lost",
+            "note: upgrading the audit database {} to narrow rows: a one-time rewrite of its rows (seconds per GB); nothing is lost",
             g.db.display()
         );
-    }
-    Ok(audit::Db::open(&g.db).await?)
+    })
+    .await?)
 }
 
 /// A usage, configuration or source error: exit 2, nothing sent.
