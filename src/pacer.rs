@@ -309,7 +309,8 @@ const MARGIN: f64 = 0.995;
 /// A 429 at a rate at most this much above the estimate pins the limit: hold
 /// the estimate, don't climb.
 const PINNED: f64 = 1.2;
-/// A 429 of a call sent this soon after a cut belongs to the cut's episode.
+/// A call sent this soon after a cut belongs to the cut's episode: its 429
+/// does not cut again, its success does not count in the next level.
 const SAME_EPISODE: Duration = Duration::from_millis(100);
 /// The shortest stretch an estimate of the limit rests on.
 const SHORTEST: Duration = Duration::from_millis(100);
@@ -329,6 +330,10 @@ const PINNED_STEP: Duration = Duration::from_secs(10);
 const PINNED_HELD: u32 = 2;
 /// After the API's limit dropped, how often to probe back to the old rate.
 const PROBE_OFTEN: Duration = Duration::from_secs(4);
+/// A bound from a stretch of answers shorter than this rests on too few to
+/// bound the limit well: a cut goes no lower than [`SHORT_CUT`] of the rate.
+const SHORT_EPISODE: Duration = Duration::from_secs(1);
+const SHORT_CUT: f64 = 0.6;
 /// A second 429 at a rate that had held, this soon after the first, means
 /// the limit dropped a long way.
 const DROPPED: Duration = Duration::from_secs(3);
@@ -589,16 +594,22 @@ impl Auto {
         if self.last_cut.is_some_and(|c| sent < c) {
             return; // sent before the last 429 was seen: that episode is over
         }
-        if self.level_at.is_none() && self.rate > 0.0 {
+        // A call sent just after the cut took its slot before the 429's
+        // pause began: counted in the level set at the cut, it made the
+        // level span the pause, look as if it never kept up, and never climb.
+        let before_pause = self.last_cut.is_some_and(|c| sent < c + SAME_EPISODE);
+        if self.level_at.is_none() && self.rate > 0.0 && !before_pause {
             // A level begins one interval before its first call.
             let interval = Duration::from_secs_f64(1.0 / self.rate).min(STEP);
             self.level_at = Some(sent.checked_sub(interval).unwrap_or(sent));
         }
-        self.level_calls += 1;
-        self.level_sent = Some(match self.level_sent {
-            Some((first, last)) => (first.min(sent), last.max(sent)),
-            None => (sent, sent),
-        });
+        if !before_pause {
+            self.level_calls += 1;
+            self.level_sent = Some(match self.level_sent {
+                Some((first, last)) => (first.min(sent), last.max(sent)),
+                None => (sent, sent),
+            });
+        }
         if self.episode.len() == EPISODE {
             self.episode.pop_front();
         }
@@ -675,7 +686,12 @@ impl Auto {
     /// ~6% low at 150 ms). The best bound over the stretches that end at
     /// `end` (at least [`SHORTEST`] long).
     fn estimate(&self, end: Instant) -> Option<f64> {
-        let mut best = None;
+        self.estimate_over(end).map(|(bound, _)| bound)
+    }
+
+    /// [`Auto::estimate`], and the stretch the best bound rests on.
+    fn estimate_over(&self, end: Instant) -> Option<(f64, Duration)> {
+        let mut best: Option<(f64, Duration)> = None;
         let n = self.episode.len();
         for (i, at) in self.episode.iter().enumerate().rev() {
             if *at > end {
@@ -687,8 +703,8 @@ impl Auto {
             }
             let calls = (n - i) as f64 - self.burst;
             let bound = calls / t.as_secs_f64();
-            if calls > 0.0 && best.is_none_or(|b| bound > b) {
-                best = Some(bound);
+            if calls > 0.0 && best.is_none_or(|(b, _)| bound > b) {
+                best = Some((bound, t));
             }
         }
         best
@@ -736,12 +752,24 @@ impl Auto {
             self.set(self.burst);
             return;
         }
-        // Without a bound to go by (the 429 came too soon), halve.
-        let bound = self.estimate(midpoint(sent, now));
+        // Without a bound to go by (the 429 came too soon), halve. A bound
+        // from a stretch shorter than [`SHORT_EPISODE`] rests on a handful
+        // of calls less a guessed burst, and can read half the limit (after
+        // a limit dropped to 20/s, a trial's 429 came 0.14 s in and read
+        // 10.9): it cuts to no less than [`SHORT_CUT`] of the rate, as AWS's
+        // adaptive retry cuts to 0.7 of its rate.
+        let best = self.estimate_over(midpoint(sent, now));
+        let bound = best.map(|(bound, _)| bound);
         if let Some(b) = bound {
             self.proven = self.proven.max(b.min(rate));
         }
-        let mut estimate = bound.map_or(rate * 0.5, |bound| bound.clamp(rate * 0.25, rate));
+        let short = best.is_some_and(|(_, over)| over < SHORT_EPISODE);
+        let least = if short && self.phase == Phase::Steady {
+            SHORT_CUT
+        } else {
+            0.25
+        };
+        let mut estimate = bound.map_or(rate * 0.5, |bound| bound.clamp(rate * least, rate));
         // A level that held a whole step just under the one that drew the
         // 429 brackets the limit more tightly than the bound, which must
         // allow for a burst as large as a window's whole quota.
@@ -1478,6 +1506,41 @@ mod tests {
         assert!(
             back.is_some_and(|s| s <= 6.0),
             "back to 45/s after {back:?} s"
+        );
+    }
+
+    /// A call takes its slot before it goes, so one can leave just after
+    /// a 429 is read and before its `Retry-After` pause begins. Counted in
+    /// the level that follows the pause, it made that level look as if it
+    /// never kept up with its pace, and the pace never climbed: while a
+    /// limit stayed low, `bench.py auto` held 16/s under a 20/s limit.
+    #[test]
+    fn a_call_sent_just_before_a_pause_does_not_stall_the_climb() {
+        let t0 = Instant::now();
+        let at = |s: f64| t0 + Duration::from_secs_f64(s);
+        let answer = Duration::from_millis(1);
+        let mut a = Auto::new(None, Some(40.0), t0);
+        // The calls came at 10/s, far under the pace: the 429 teaches a
+        // loose bound, and a trial above it follows at once.
+        for i in 0..30 {
+            let sent = at(i as f64 * 0.1);
+            a.on_success(sent, sent + answer, 1);
+        }
+        a.on_429(at(3.0), at(3.0) + answer, 1);
+        let level = a.rate().unwrap();
+        assert!(level < 20.0, "{level}");
+        // One call leaves 20 ms after the 429, before the 1 s pause.
+        a.on_success(at(3.02), at(3.02) + answer, 1);
+        // After the pause, calls go at the level's pace for 2.5 s.
+        let mut sent = at(4.0);
+        while sent < at(6.5) {
+            a.on_success(sent, sent + answer, 1);
+            sent += Duration::from_secs_f64(1.0 / a.rate().unwrap());
+        }
+        let now = a.rate().unwrap();
+        assert!(
+            now > level * 1.05,
+            "still {now:.1}/s after 2.5 s at {level:.1}/s"
         );
     }
 

@@ -503,31 +503,49 @@ mod tests {
     }
 
     /// `bench.py auto`'s limit that drops from 50/s to 20/s at 15 s and
-    /// comes back at 35 s, simulated: prints the calls accepted each second.
+    /// comes back at 35 s, simulated at 1, ~50 and ~150 ms: most of the
+    /// lower limit is used while it lasts (63–73%; 49% at 1 ms before a cut
+    /// after a short episode went no lower than 0.6 of the rate), and the
+    /// old rate is back within a few seconds of the recovery.
     #[test]
-    #[ignore]
-    fn print_a_limit_that_drops() {
-        let high = Limit::bucket(50.0);
-        let low = Limit::bucket(20.0);
-        let mut a = Auto::new(None, Some(49.6), Instant::now());
-        let mut accepted = Vec::new();
-        let (t, limited) = night_logged(
-            &mut a,
-            Server::Drops(high, low),
-            (0.0005, 0.001),
-            true,
-            3000,
-            &mut accepted,
-        );
-        let mut per_sec = vec![0; t as usize + 1];
-        for s in &accepted {
-            per_sec[*s as usize] += 1;
+    fn auto_uses_most_of_a_limit_that_dropped() {
+        for rtt in [(0.0005, 0.001), (0.04, 0.06), (0.1, 0.2)] {
+            let high = Limit::bucket(50.0);
+            let low = Limit::bucket(20.0);
+            let mut a = Auto::new(None, Some(49.6), Instant::now());
+            let mut accepted = Vec::new();
+            let (t, limited) = night_logged(
+                &mut a,
+                Server::Drops(high, low),
+                rtt,
+                true,
+                3000,
+                &mut accepted,
+            );
+            let mut per_sec = vec![0; t as usize + 1];
+            for s in &accepted {
+                per_sec[*s as usize] += 1;
+            }
+            let low_phase: usize = per_sec[18..35].iter().sum();
+            let used = low_phase as f64 / (20.0 * 17.0);
+            let back = (35..per_sec.len())
+                .find(|s| per_sec[*s] >= 45)
+                .map(|s| s - 35);
+            let case = format!(
+                "{} ms: {t:.1} s, {limited} 429s, 18-35 s: {:.0}% of 20/s, per second: {per_sec:?}",
+                rtt.1 * 1e3,
+                used * 100.0
+            );
+            println!("{case}");
+            assert!(used >= 0.6, "{case}");
+            assert!(
+                back.is_some_and(|s| s <= 6),
+                "back after {back:?} s: {case}"
+            );
+            // 15 s at 50/s, 20 s at 20/s, the rest at 50/s: 72 s.
+            assert!(t <= 80.0, "{case}");
+            assert!(limited <= 15, "{case}");
         }
-        let low_phase: usize = per_sec[18..35].iter().sum();
-        println!(
-            "{t:.1} s, {limited} 429s; 18-35 s: {:.0}% of 20/s; per second: {per_sec:?}",
-            100.0 * low_phase as f64 / (20.0 * 17.0)
-        );
     }
 
     /// Prints `auto`'s figures against every shape (`cargo test --release
