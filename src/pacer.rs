@@ -724,8 +724,13 @@ impl Auto {
             }
             Explains::Refuted => {
                 // The 429s of the test are no news about the pace it
-                // shelved: that pace is taken up again as it was.
+                // shelved: that pace is taken up again as it was, and the
+                // 429s still to come of calls sent under the cap (unpaced)
+                // belong to the test too. Taken as cuts, they pinned the
+                // pace taken up at 64% of a 50/s limit, for that night and
+                // every night after.
                 self.take_up_shelved();
+                self.last_cut = Some(now);
                 return;
             }
             Explains::No => {
@@ -1646,6 +1651,37 @@ mod tests {
         }
         assert_eq!(a.cap(), None, "refuted");
         assert!(a.rate().is_some(), "paced as a rate limit again");
+    }
+
+    /// A cap refuted, the pace it shelved is taken up as it was; the 429s
+    /// still to come of calls sent while the lane ran unpaced under the cap
+    /// are the refuted test's, not cuts of that pace. (At ~150 ms against a
+    /// bucket of 50/s with a burst of 5, a cap of 11 was taken and refuted;
+    /// the unpaced calls' 429s then pinned the pace at 31.9/s.)
+    #[test]
+    fn the_429s_of_a_refuted_cap_do_not_cut_the_pace_taken_up_again() {
+        let t0 = Instant::now();
+        let mut a = Auto::new(None, None, t0);
+        capped(&mut a, t0, 40, 10);
+        assert_eq!(a.cap(), Some(8));
+        let shelved = a.shelved.as_ref().and_then(|s| s.rate());
+        assert!(shelved.is_some(), "a pace was shelved");
+        let later = t0 + Duration::from_secs(3);
+        for i in 0..3 {
+            let at = later + Duration::from_millis(i);
+            a.on_429(at, at, 5);
+        }
+        assert_eq!(
+            (a.cap(), a.rate()),
+            (None, shelved),
+            "refuted, the pace taken up"
+        );
+        // Calls sent unpaced under the cap, answered 429 after the refutation.
+        for i in 0..6 {
+            let sent = later + Duration::from_millis(i);
+            a.on_429(sent, later + Duration::from_millis(150 + i), 4);
+        }
+        assert_eq!(a.rate(), shelved, "the pace taken up was cut");
     }
 
     /// The unpaced start sends its calls at once over connections still
