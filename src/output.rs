@@ -13,7 +13,7 @@ static FAILED: AtomicBool = AtomicBool::new(false);
 /// `--json`: lines of text go to stderr, so stdout holds only the JSON.
 static TEXT_TO_STDERR: AtomicBool = AtomicBool::new(false);
 
-/// From now on [`line`] writes to stderr: stdout is kept for [`json`].
+/// From now on [`line()`] writes to stderr: stdout is kept for [`json`].
 pub fn text_to_stderr() {
     TEXT_TO_STDERR.store(true, Relaxed);
 }

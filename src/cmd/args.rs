@@ -1,5 +1,5 @@
 //! The flags `run` and `resume` share, as clap defines them, and their
-//! resolution into the plain [`Options`] a batch records: flags over a
+//! resolution into the plain `Options` a batch records: flags over a
 //! resumed batch's recorded options over defaults. Nothing below the
 //! commands sees a clap type.
 
@@ -98,10 +98,12 @@ pub struct ExecArgs {
     pub timeout: Option<Duration>,
 
     /// Attention base URL [default: https://api.attention.tech/v2]
+    #[allow(rustdoc::bare_urls)] // clap's help text, not a doc page
     #[arg(long, env = "ATTENTION_BASE_URL", help_heading = "Endpoints")]
     pub attention_url: Option<String>,
 
     /// VG base URL (picks the region) [default: https://eu-cloudflare.vg-stuff.com]
+    #[allow(rustdoc::bare_urls)] // clap's help text, not a doc page
     #[arg(long, env = "VG_BASE_URL", help_heading = "Endpoints")]
     pub vg_url: Option<String>,
 
