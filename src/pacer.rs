@@ -361,10 +361,11 @@ enum Phase {
 ///
 /// - Unpaced until the first 429; then slow start from the burst, doubling
 ///   every 200 ms, until a 429.
-/// - Every 429 sets the rate to hold just under the estimate. When the rate
-///   that drew it was well above (a loose estimate), a trial follows 15%
-///   above the estimate; otherwise the limit is pinned and held, with a
-///   climb above it only once a minute.
+/// - Every 429 sets the rate to hold just under the estimate (no lower
+///   than 0.6 of the rate when the estimate rests on less than a second).
+///   When the rate that drew it was well above (a loose estimate), a trial
+///   follows 15% above the estimate; otherwise the limit is pinned and
+///   held, with a climb above it only once a minute.
 /// - Climbing: 10% more every 2 s without a 429.
 /// - Two 429s at a rate that had held, close together, mean the limit
 ///   dropped: the rate follows the new estimate, and the old rate is probed
