@@ -181,3 +181,33 @@ pub fn csv(header: &str, rows: &[String]) -> String {
     }
     s
 }
+
+/// The work dir's audit database as an earlier convoy made it: the
+/// migrations named before `before` (`"0007"`: up to 0006), applied as
+/// that convoy applied them.
+pub async fn database_before(w: &Work, before: &str) -> SqlitePool {
+    let old = w.path(&format!("migrations-before-{before}"));
+    std::fs::create_dir_all(&old).unwrap();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
+    for f in std::fs::read_dir(dir).unwrap() {
+        let f = f.unwrap();
+        let name = f.file_name().into_string().unwrap();
+        if name.as_str() < before {
+            std::fs::copy(f.path(), old.join(name)).unwrap();
+        }
+    }
+    let pool = SqlitePool::connect_with(
+        SqliteConnectOptions::new()
+            .filename(&w.db)
+            .create_if_missing(true),
+    )
+    .await
+    .unwrap();
+    sqlx::migrate::Migrator::new(old.as_path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    pool
+}

@@ -375,28 +375,7 @@ async fn prune_keeps_resumable_batches_and_the_readme_queries_still_answer() {
 async fn an_audit_database_of_an_earlier_version_upgrades_with_its_snapshots() {
     let w = Work::new();
     // The earlier schema, applied as that convoy applied it.
-    let old = w.path("migrations-0003");
-    std::fs::create_dir_all(&old).unwrap();
-    for f in [
-        "0001_init.sql",
-        "0002_reports.sql",
-        "0003_held_and_skipped.sql",
-    ] {
-        std::fs::copy(format!("{MANIFEST}/migrations/{f}"), old.join(f)).unwrap();
-    }
-    let pool = sqlx::sqlite::SqlitePool::connect_with(
-        sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(&w.db)
-            .create_if_missing(true),
-    )
-    .await
-    .unwrap();
-    sqlx::migrate::Migrator::new(old.as_path())
-        .await
-        .unwrap()
-        .run(&pool)
-        .await
-        .unwrap();
+    let pool = database_before(&w, "0004").await;
     let attention =
         r#"{"type":"conversations","id":"c1","attributes":{"uuid":"c1","labels":{"s":"x"}}}"#;
     let vg_data = r#"{"ID":"v1","state":"open"}"#;

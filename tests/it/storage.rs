@@ -5,8 +5,6 @@
 use crate::common::*;
 use convoy::sandbox::Scripted;
 
-const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
-
 /// Every row of `audit`, `attempts` and `conversations`, column by column, as text.
 async fn every_fact(db: &sqlx::SqlitePool) -> [String; 3] {
     let mut out = [String::new(), String::new(), String::new()];
@@ -37,34 +35,6 @@ async fn bodies(db: &sqlx::SqlitePool) -> (i64, i64) {
     .unwrap()
 }
 
-/// The work dir's audit database, made as convoy made it before narrow
-/// rows: migrations 0001-0006, applied as that convoy applied them.
-async fn version_6_database(w: &Work) -> sqlx::SqlitePool {
-    let old = w.path("migrations-0006");
-    std::fs::create_dir_all(&old).unwrap();
-    for f in std::fs::read_dir(format!("{MANIFEST}/migrations")).unwrap() {
-        let f = f.unwrap();
-        let name = f.file_name().into_string().unwrap();
-        if name.as_str() < "0007" {
-            std::fs::copy(f.path(), old.join(name)).unwrap();
-        }
-    }
-    let pool = sqlx::sqlite::SqlitePool::connect_with(
-        sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(&w.db)
-            .create_if_missing(true),
-    )
-    .await
-    .unwrap();
-    sqlx::migrate::Migrator::new(old.as_path())
-        .await
-        .unwrap()
-        .run(&pool)
-        .await
-        .unwrap();
-    pool
-}
-
 /// A database written by the convoy before narrow rows (migrations
 /// 0001-0006) upgrades in place, and the views answer with exactly the same
 /// rows, times to the millisecond included. Writing `audit` by hand still
@@ -72,7 +42,7 @@ async fn version_6_database(w: &Work) -> sqlx::SqlitePool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_6_database_upgrades_to_narrow_rows_with_every_fact() {
     let w = Work::new();
-    let pool = version_6_database(&w).await;
+    let pool = database_before(&w, "0007").await;
     let snapshot = r#"{"type":"conversations","id":"c1","attributes":{"uuid":"c1","title":"T"}}"#;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "INSERT INTO batches (id, source, source_kind, status, created_at) VALUES
@@ -168,7 +138,7 @@ async fn a_version_6_database_upgrades_to_narrow_rows_with_every_fact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_leaves_no_wal_behind() {
     let w = Work::new();
-    let pool = version_6_database(&w).await;
+    let pool = database_before(&w, "0007").await;
     sqlx::raw_sql(
         "INSERT INTO batches (id, source, source_kind, status, created_at) VALUES
            ('old', 'n.csv', 'csv', 'completed', '2026-11-01T03:00:00.000Z');
