@@ -337,6 +337,18 @@ const SHORT_CUT: f64 = 0.6;
 /// A second 429 at a rate that had held, this soon after the first, means
 /// the limit dropped a long way.
 const DROPPED: Duration = Duration::from_secs(3);
+/// A window's quota: calls sent above it after a pause had this many
+/// accepted at least (fewer tell nothing apart) and no more than the burst
+/// (as a share, plus one) over at least this long.
+const WINDOW_LEAST: f64 = 10.0;
+const WINDOW_SAME: f64 = 1.05;
+const WINDOW_OVER: Duration = Duration::from_millis(300);
+/// Sending resumed at most this long (and the wire's time) after the 429
+/// before it: longer windows are the quota gate's (see [`Quota`]).
+const WINDOW_PAUSE: Duration = Duration::from_millis(1500);
+/// A 429 at a window's pace that had held is jitter in when calls reach it
+/// (once: a second means no window): the pace is nudged down this much.
+const WINDOW_NUDGE: f64 = 0.97;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -418,6 +430,25 @@ pub struct Auto {
     shelved: Option<Box<Auto>>,
     /// The calls' time on the wire, smoothed (seconds; 0 before the first).
     latency: f64,
+    /// How much the calls' time on the wire varies, smoothed (seconds).
+    jitter: f64,
+    /// The API counts calls in windows of a second (after a pause it
+    /// accepted its whole quota again, and no call more): the pace is its
+    /// quota, a pace that more than two quotas went at is proven, and one
+    /// 429 at it is jitter. Until a 429 says otherwise; then never again.
+    window: Window,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+enum Window {
+    #[default]
+    Unknown,
+    /// The highest pace proven (0: none yet), and whether a 429 was jitter.
+    Seen {
+        proven: f64,
+        nudged: bool,
+    },
+    Refuted,
 }
 
 impl Auto {
@@ -447,6 +478,8 @@ impl Auto {
             cap: Cap::new(None),
             shelved: None,
             latency: 0.0,
+            jitter: 0.0,
+            window: Window::Unknown,
         };
         if let Some(r) = remembered.filter(|r| sane_rate(*r)) {
             a.phase = Phase::Steady;
@@ -536,8 +569,11 @@ impl Auto {
     /// The rate worth starting the next run at: the one held once a 429
     /// taught it, never above what was measured accepted.
     pub fn learned(&self) -> Option<f64> {
-        (self.phase == Phase::Steady && self.proven > 0.0)
-            .then_some(self.hold.min(self.proven * MARGIN))
+        let proven = match self.window {
+            Window::Seen { proven, .. } => self.proven.max(proven),
+            _ => self.proven,
+        };
+        (self.phase == Phase::Steady && proven > 0.0).then_some(self.hold.min(proven * MARGIN))
     }
 
     /// Starts a new level at `rate`.
@@ -578,6 +614,7 @@ impl Auto {
         self.latency = if self.latency == 0.0 {
             took
         } else {
+            self.jitter = self.jitter * 0.75 + (took - self.latency).abs() * 0.25;
             self.latency * 0.875 + took * 0.125
         };
         let counted = self.counts(sent);
@@ -638,6 +675,14 @@ impl Auto {
                 } else {
                     STEP
                 };
+                let quotas = self.level_calls as f64 > 2.0 * self.burst && self.kept_up();
+                if let Window::Seen { proven, .. } = &mut self.window
+                    && quotas
+                {
+                    // More than two windows' quotas went at this pace: every
+                    // window will take it.
+                    *proven = proven.max(self.rate);
+                }
                 if !(due(self.climb_at) || probe.is_some()) || self.level_ran(now) < step {
                     return;
                 }
@@ -748,7 +793,7 @@ impl Auto {
         if self.last_cut.is_some_and(|c| sent < c + SAME_EPISODE) {
             return;
         }
-        self.last_cut = Some(now);
+        let cut_before = self.last_cut.replace(now);
         let rate = self.rate;
         if self.phase == Phase::Unpaced {
             self.unpaced_until = Some(now);
@@ -764,7 +809,19 @@ impl Auto {
         // a limit dropped to 20/s, a trial's 429 came 0.14 s in and read
         // 10.9): it cuts to no less than [`SHORT_CUT`] of the rate, as AWS's
         // adaptive retry cuts to 0.7 of its rate.
-        let best = self.estimate_over(midpoint(sent, now));
+        let end = midpoint(sent, now);
+        // A window's quota, taken whole after a pause: the limit is known.
+        let quota = self.phase == Phase::SlowStart
+            && self.window == Window::Unknown
+            && rate > self.burst * WINDOW_SAME
+            && self.looks_windowed(end, cut_before);
+        if quota {
+            self.window = Window::Seen {
+                proven: 0.0,
+                nudged: false,
+            };
+        }
+        let best = self.estimate_over(end);
         let bound = best.map(|(bound, _)| bound);
         if let Some(b) = bound {
             self.proven = self.proven.max(b.min(rate));
@@ -784,22 +841,47 @@ impl Auto {
             estimate = clean;
             self.proven = self.proven.max(clean);
         }
+        let held = self.phase == Phase::Steady && rate <= self.hold * 1.001;
+        // A window's pace that had held drew a 429 after more than one
+        // window's quota went: calls reached it a little early or late (the
+        // wire's jitter), once. Within the first quota, or twice: the
+        // windows are longer than a second, or hold less now, or it is a
+        // token bucket whose burst looked like a quota.
+        let past_quota = self.episode.len() as f64 > self.burst * WINDOW_SAME + 1.0;
+        let jitter = match &mut self.window {
+            Window::Seen { nudged, .. } if held && past_quota && !*nudged && !quota => {
+                *nudged = true;
+                true
+            }
+            Window::Seen { .. } if held => {
+                self.window = Window::Refuted;
+                false
+            }
+            _ => false,
+        };
+        if quota {
+            // Calls land as much early or late as their round trips vary:
+            // a window of a second sees that share more of them.
+            estimate = self.burst.min(rate) * (1.0 - self.jitter.min(0.2));
+        } else if jitter {
+            estimate = estimate.max(rate * WINDOW_NUDGE);
+        }
         self.episode.clear();
         let was_trial = self.trial;
-        let held = self.phase == Phase::Steady && rate <= self.hold * 1.001;
         let probe = self.before_drop.is_some_and(|d| rate >= d * 0.97);
         self.phase = Phase::Steady;
         // A rate that had held drew a 429: a little over the limit all
         // along (hidden by the API's slack), or, twice in a row, the limit
         // dropped (and the old rate is worth probing again).
         let dropped = held
+            && !jitter
             && self
                 .held_failed
                 .is_some_and(|(at, _)| now.saturating_duration_since(at) < DROPPED);
         if dropped {
             let before = self.held_failed.map_or(0.0, |(_, b)| b);
             self.before_drop = Some(self.before_drop.map_or(before, |d| d.max(before)));
-        } else if held {
+        } else if held && !jitter {
             self.held_failed = Some((now, self.hold));
         }
         let mut hold = estimate * MARGIN;
@@ -815,7 +897,7 @@ impl Auto {
         self.hold = clamp(hold, self.ceiling);
         self.set(self.hold);
         // The limit lies between the estimate and the rate that drew the 429.
-        let pinned = rate <= estimate * PINNED;
+        let pinned = quota || rate <= estimate * PINNED;
         self.pinned = pinned;
         self.pinned_held = 0;
         if pinned {
@@ -828,6 +910,27 @@ impl Auto {
         } else {
             self.climb_at = Some(now);
         }
+    }
+}
+
+impl Auto {
+    /// Whether the episode ended by a 429 at `end` shows a window of a
+    /// second: the calls it had accepted, sent right after a pause at a pace
+    /// above the burst per second, were the burst again and none more. A
+    /// token bucket refills as they go (its burst and then its rate), and
+    /// a slow one has not refilled its burst during the pause.
+    fn looks_windowed(&self, end: Instant, cut_before: Option<Instant>) -> bool {
+        let n = self.episode.len() as f64;
+        let Some(first) = self.episode.front() else {
+            return false;
+        };
+        let over = end.saturating_duration_since(*first);
+        let paused = cut_before.map_or(Duration::MAX, |c| first.saturating_duration_since(c));
+        self.burst >= WINDOW_LEAST
+            && paused <= WINDOW_PAUSE + Duration::from_secs_f64(self.latency)
+            && n >= self.burst * 0.8
+            && n <= self.burst * WINDOW_SAME + 1.0
+            && over >= WINDOW_OVER
     }
 }
 
