@@ -26,6 +26,7 @@ realworld:  every limiter shape real APIs use (token buckets with small and
             `realworld quick`: 0 and ~150 ms only; `realworld NAME`: the
             shapes whose name holds NAME; `realworld long`: the 1 s and
             sliding windows at ~150 ms with 5-minute nights (~25 min).
+            `LATENCY="0 ms"` (or "~50 ms", "~150 ms") runs one latency.
 sandbox:    the sandbox's capacity on loopback: `wrk` (Debian's package)
             with 64 connections for 10 s on `GET /v2/conversations/{id}` (a
             full ~2.4 KB snapshot per answer), wrk and sandbox sharing the
@@ -368,6 +369,8 @@ def realworld(work, figures, quick=False, only=None, long=False):
     lats = [l for l in LATENCIES if not quick or l[0] != "~50 ms"]
     if long:
         lats = [l for l in LATENCIES if l[0] == "~150 ms"]
+    if os.environ.get("LATENCY"):
+        lats = [l for l in lats if l[0] == os.environ["LATENCY"]]
     for name, flags, allowed, (n_att, n_vg) in SHAPES:
         if only and only not in name:
             continue
