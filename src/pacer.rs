@@ -382,6 +382,9 @@ enum Phase {
 /// - Two 429s at a rate that had held, close together, mean the limit
 ///   dropped: the rate follows the new estimate, and the old rate is probed
 ///   every few seconds so a recovered limit is followed quickly.
+/// - A window of a second (after a pause, slow start had the burst accepted
+///   again and no call more): the pace goes to that quota per second, less
+///   the wire's jitter, and holds.
 #[derive(Debug, Clone)]
 pub struct Auto {
     ceiling: Option<f64>,
@@ -911,9 +914,7 @@ impl Auto {
             self.climb_at = Some(now);
         }
     }
-}
 
-impl Auto {
     /// Whether the episode ended by a 429 at `end` shows a window of a
     /// second: the calls it had accepted, sent right after a pause at a pace
     /// above the burst per second, were the burst again and none more. A
