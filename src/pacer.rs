@@ -294,6 +294,22 @@ impl Cap {
 
 /// Slow start doubles the rate this often until the first 429.
 const SLOW_START_STEP: Duration = Duration::from_millis(200);
+/// Slow start's least first level, in calls per second: three calls (what
+/// shows a level kept up) within one [`SLOW_START_STEP`]. Doubling from a
+/// burst of 4 or 5 per second, each level waited for three answers, and
+/// slow start took about 1.5 s to reach a limit of 40–50/s. Only after a
+/// burst of [`SLOW_START_BURST`] calls or more: a smaller one is as likely
+/// a limit of a few calls a second (2/s with 1.5 s of burst learned 2.36/s
+/// when slow start began at 12/s).
+const SLOW_START_FROM: f64 = 16.0;
+const SLOW_START_BURST: f64 = 4.0;
+/// A burst longer than this many seconds of the pace is a token bucket's (a
+/// window of a second's quota is about a second's worth): a level above the
+/// limit hides under it for seconds, so a level that held is taken less the
+/// whole burst. Taken less a tenth of a second's worth, 18 of 105 buckets of
+/// 1–20/s with 0.1–3 s of burst learned a pace above their limit (up to
+/// 16/s of 12/s), and the next night drew 429s from its start.
+const LONG_BURST: f64 = 1.2;
 /// While climbing, how long a level must run without a 429 before the next step.
 const STEP: Duration = Duration::from_secs(2);
 /// Each climbing step, as a factor.
@@ -371,8 +387,8 @@ enum Phase {
 /// from when a call was sent to when the 429 was answered, so a slow wire
 /// makes the bound lower, never higher.
 ///
-/// - Unpaced until the first 429; then slow start from the burst, doubling
-///   every 200 ms, until a 429.
+/// - Unpaced until the first 429; then slow start from four times the burst
+///   per second (up to 16/s), doubling every 200 ms, until a 429.
 /// - Every 429 sets the rate to hold just under the estimate (no lower
 ///   than 0.6 of the rate when the estimate rests on less than a second).
 ///   When the rate that drew it was well above (a loose estimate), a trial
@@ -628,8 +644,8 @@ impl Auto {
             // Part of the unpaced start, answered after its first 429 (on a
             // slow wire most of the burst is): slow start begins from it.
             self.burst += 1.0;
-            if self.phase == Phase::SlowStart && self.rate < self.burst {
-                self.rate = clamp(self.burst, self.ceiling);
+            if self.phase == Phase::SlowStart && self.rate < slow_start(self.burst) {
+                self.rate = clamp(slow_start(self.burst), self.ceiling);
             }
         }
         if self.last_cut.is_some_and(|c| sent < c) {
@@ -709,8 +725,15 @@ impl Auto {
                     None if self.kept_up() => {
                         // This level held: the limit is at least about it,
                         // less what a small burst (a tenth of a second's
-                        // worth) could have hidden over the level's time.
-                        let slack = self.burst.min(self.rate * 0.1);
+                        // worth) could have hidden over the level's time,
+                        // or a long one (see [`LONG_BURST`]) all of it.
+                        let slack = if self.burst > self.rate * LONG_BURST
+                            && !matches!(self.window, Window::Seen { .. })
+                        {
+                            self.burst
+                        } else {
+                            self.burst.min(self.rate * 0.1)
+                        };
                         let ran = self.level_ran(now).as_secs_f64();
                         if self.rate > self.clean.0 {
                             self.clean = (self.rate, self.rate - slack / ran);
@@ -803,7 +826,7 @@ impl Auto {
             self.burst = (self.episode.len() as f64).max(1.0);
             self.episode.clear();
             self.phase = Phase::SlowStart;
-            self.set(self.burst);
+            self.set(slow_start(self.burst));
             return;
         }
         // Without a bound to go by (the 429 came too soon), halve. A bound
@@ -932,6 +955,17 @@ impl Auto {
             && n >= self.burst * 0.8
             && n <= self.burst * WINDOW_SAME + 1.0
             && over >= WINDOW_OVER
+    }
+}
+
+/// Where slow start begins after an unpaced start that had `burst` accepted:
+/// the burst per second, and at least [`SLOW_START_FROM`] once the burst is
+/// [`SLOW_START_BURST`] calls or more.
+fn slow_start(burst: f64) -> f64 {
+    if burst >= SLOW_START_BURST {
+        burst.max(SLOW_START_FROM)
+    } else {
+        burst
     }
 }
 
@@ -1545,6 +1579,31 @@ mod tests {
         let achieved = 2000.0 / sim.secs;
         assert!(achieved >= 48.5, "second run: {achieved:.1}/s");
         assert_eq!(sim.rejected, 0, "second run");
+    }
+
+    /// Slow buckets with bursts of two and three seconds' worth: a level
+    /// above the limit hid under the burst for longer than it ran, and the
+    /// pace learned was up to a third above the limit (16/s of 12/s).
+    #[test]
+    fn a_long_burst_does_not_teach_a_pace_above_the_limit() {
+        for limit in [1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0] {
+            for slack in [2.0, 3.0] {
+                for latency in [0.002, 0.05, 0.15] {
+                    let api = Api {
+                        limit_at: move |_| limit,
+                        slack,
+                        latency,
+                    };
+                    let mut a = Auto::new(None, None, Instant::now());
+                    simulate(&mut a, (limit * 60.0) as usize, &api);
+                    let learned = a.learned().unwrap_or(0.0);
+                    assert!(
+                        learned <= limit,
+                        "limit {limit}/s, {slack} s of burst, latency {latency} s: learned {learned:.2}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
