@@ -343,6 +343,7 @@ SHAPES = [
     ("bucket 100/s, burst 10", ["--rate-limit", "100/s", "--burst", "10"], (100, 100), (3000, 0)),
     ("bucket 50/s, burst 5 (nginx limit_req)", ["--rate-limit", "50/s", "--burst", "5"], (50, 50), (1500, 0)),
     ("bucket 50/s, burst 50", ["--rate-limit", "50/s", "--burst", "50"], (50, 50), (1500, 0)),
+    ("bucket 12/s, burst 25 (2 s)", ["--rate-limit", "12/s", "--burst", "25"], (12, 12), (720, 0)),
     ("fixed 1 s windows of 60", ["--rate-limit", "60/s", "--limiter", "window", "--window", "1s"], (60, 60), (1800, 0)),
     ("fixed 10 s windows of 400", ["--rate-limit", "40/s", "--limiter", "window", "--window", "10s"], (40, 40), (1600, 0)),
     ("sliding 1 s window of 50", ["--rate-limit", "50/s", "--limiter", "sliding", "--window", "1s"], (50, 50), (1500, 0)),

@@ -734,6 +734,18 @@ mod tests {
             ),
             ("in flight 8", Server::InFlight(8), true, 1500),
             ("bucket 20/s", Server::Rate(Limit::bucket(20.0)), true, 600),
+            (
+                "bucket 12/s b25",
+                Server::Rate(lim(12.0, Shape::Bucket, Some(25.0), secs(1))),
+                true,
+                720,
+            ),
+            (
+                "bucket 2/s b40",
+                Server::Rate(lim(2.0, Shape::Bucket, Some(40.0), secs(1))),
+                true,
+                240,
+            ),
         ];
         let only = std::env::var("ONLY").ok();
         let nights: usize = std::env::var("NIGHTS").map_or(1, |n| n.parse().unwrap());
