@@ -294,15 +294,6 @@ impl Cap {
 
 /// Slow start doubles the rate this often until the first 429.
 const SLOW_START_STEP: Duration = Duration::from_millis(200);
-/// Slow start's least first level, in calls per second: three calls (what
-/// shows a level kept up) within one [`SLOW_START_STEP`]. Doubling from a
-/// burst of 4 or 5 per second, each level waited for three answers, and
-/// slow start took about 1.5 s to reach a limit of 40–50/s. Only after a
-/// burst of [`SLOW_START_BURST`] calls or more: a smaller one is as likely
-/// a limit of a few calls a second (2/s with 1.5 s of burst learned 2.36/s
-/// when slow start began at 12/s).
-const SLOW_START_FROM: f64 = 16.0;
-const SLOW_START_BURST: f64 = 4.0;
 /// A burst longer than this many seconds of the pace is a token bucket's (a
 /// window of a second's quota is about a second's worth): a level above the
 /// limit hides under it for seconds, so a level that held is taken less the
@@ -387,8 +378,8 @@ enum Phase {
 /// from when a call was sent to when the 429 was answered, so a slow wire
 /// makes the bound lower, never higher.
 ///
-/// - Unpaced until the first 429; then slow start from four times the burst
-///   per second (up to 16/s), doubling every 200 ms, until a 429.
+/// - Unpaced until the first 429; then slow start from the burst, doubling
+///   every 200 ms, until a 429.
 /// - Every 429 sets the rate to hold just under the estimate (no lower
 ///   than 0.6 of the rate when the estimate rests on less than a second).
 ///   When the rate that drew it was well above (a loose estimate), a trial
@@ -644,8 +635,8 @@ impl Auto {
             // Part of the unpaced start, answered after its first 429 (on a
             // slow wire most of the burst is): slow start begins from it.
             self.burst += 1.0;
-            if self.phase == Phase::SlowStart && self.rate < slow_start(self.burst) {
-                self.rate = clamp(slow_start(self.burst), self.ceiling);
+            if self.phase == Phase::SlowStart && self.rate < self.burst {
+                self.rate = clamp(self.burst, self.ceiling);
             }
         }
         if self.last_cut.is_some_and(|c| sent < c) {
@@ -826,7 +817,7 @@ impl Auto {
             self.burst = (self.episode.len() as f64).max(1.0);
             self.episode.clear();
             self.phase = Phase::SlowStart;
-            self.set(slow_start(self.burst));
+            self.set(self.burst);
             return;
         }
         // Without a bound to go by (the 429 came too soon), halve. A bound
@@ -955,17 +946,6 @@ impl Auto {
             && n >= self.burst * 0.8
             && n <= self.burst * WINDOW_SAME + 1.0
             && over >= WINDOW_OVER
-    }
-}
-
-/// Where slow start begins after an unpaced start that had `burst` accepted:
-/// the burst per second, and at least [`SLOW_START_FROM`] once the burst is
-/// [`SLOW_START_BURST`] calls or more.
-fn slow_start(burst: f64) -> f64 {
-    if burst >= SLOW_START_BURST {
-        burst.max(SLOW_START_FROM)
-    } else {
-        burst
     }
 }
 

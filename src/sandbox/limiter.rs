@@ -364,36 +364,6 @@ mod tests {
         (t, limited)
     }
 
-    /// 429s without `Retry-After` from a bucket of 40/s with a burst of 4,
-    /// ~150 ms away: over 40 draws of the wire's jitter, never taken for a
-    /// cap on calls in flight. Slow start began at the burst per second
-    /// then, and the 429s of its first levels (4 and 8 calls a second, a
-    /// few calls on the wire) found a cap of 3 or 4 in 8 draws of 40: those
-    /// nights and the next ran at half the limit.
-    #[test]
-    fn a_bucket_without_retry_after_is_no_cap() {
-        let limit = Limit {
-            rate: 40.0,
-            shape: Shape::Bucket,
-            burst: Some(4.0),
-            window: Duration::from_secs(1),
-        };
-        for seed in 0..40 {
-            SEED.set(7 + seed);
-            let mut a = Auto::new(None, None, Instant::now());
-            let (took, _) = night(&mut a, limit, (0.1, 0.2), false, 1200);
-            assert_eq!(
-                a.cap(),
-                None,
-                "seed {}: {:.0}%",
-                7 + seed,
-                100.0 * 30.0 / took
-            );
-            assert!(a.learned().is_some_and(|l| l <= 40.0), "seed {}", 7 + seed);
-        }
-        SEED.set(7);
-    }
-
     /// `auto` against every limiter shape at 0, ~50 and ~150 ms: never
     /// learns above the limit, at most 5% 429s on a first night and 1% on
     /// the second (from the remembered rate). The floors are a little under
@@ -439,8 +409,7 @@ mod tests {
                     window: secs(1),
                 },
                 false,
-                // The wire's seed 7 at ~150 ms: 89% (over 40 seeds 81–96%).
-                0.88,
+                0.90,
                 0.93,
             ),
             (
