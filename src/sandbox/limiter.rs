@@ -279,11 +279,12 @@ mod tests {
         let trace = std::env::var("TRACE").is_ok();
         let mut shown = (None, 0usize);
         while done < rows {
-            if trace && (a.rate().map(|r| (r * 10.0).round()), limited) != (shown.0, shown.1) {
-                shown = (a.rate().map(|r| (r * 10.0).round()), limited);
+            let now_shown = (a.rate().map(|r| (r * 10.0).round() / 10.0), limited);
+            if trace && now_shown != shown {
+                shown = now_shown;
                 println!(
-                    "  t {t:6.2} done {done:5} 429s {limited:3} pace {:?} paused_until {paused_until:.2}",
-                    a.rate().map(|r| (r * 10.0).round() / 10.0)
+                    "  t {t:6.2} done {done:5} 429s {limited:3} pace {:?} paused until {paused_until:.2}",
+                    shown.0
                 );
             }
             let cap = match a.rate() {
