@@ -156,6 +156,8 @@ struct Cap {
     under_cap: u32,
     /// 429s with exactly the cap's count on the wire, since it last changed.
     at_cap_limited: u32,
+    /// Whether the cap was lowered once already.
+    lowered: bool,
     refuted: bool,
     /// Found in this run (not remembered): a stray 429 (a call through a
     /// new connection arrives after calls sent later) can leave K one
@@ -170,10 +172,14 @@ struct Cap {
 }
 
 impl Cap {
-    /// Takes K as the cap, found in this run.
+    /// Takes K as the cap, found in this run. It is tried one higher later
+    /// unless calls with K + 1 on the wire already drew 429s, more of them
+    /// than not: each trial costs a `Retry-After` pause (1 s of a 10 s night).
     fn take(&mut self, k: usize) {
         self.found = Some(k);
         self.found_here = true;
+        let (no, ok) = (self.no[k + 1], self.ok[k + 1]);
+        self.trials_done = no >= CAP_REFUTED && no > ok;
     }
 
     fn new(remembered: Option<usize>) -> Cap {
@@ -185,6 +191,7 @@ impl Cap {
             found: remembered.filter(|k| (1..=MOST_ON_WIRE).contains(k)),
             under_cap: 0,
             at_cap_limited: 0,
+            lowered: false,
             refuted: false,
             found_here: false,
             at_cap: 0,
@@ -237,9 +244,17 @@ impl Cap {
                 // one too high (a client counts answers still in its
                 // queue, so the 429s that found it can start one above).
                 // Three times, and it is one lower.
+                // Three times again, one lower: a rate limit, met by calls
+                // kept unpaced under the cap, answers 429 with the cap full
+                // whatever it is, and walked a cap of 14 down to 6 (40/s
+                // against a sliding window of 50/s).
                 self.at_cap_limited += 1;
                 if self.at_cap_limited >= CAP_REFUTED {
+                    if self.lowered {
+                        return self.refute();
+                    }
                     self.found = Some(k - 1);
+                    self.lowered = true;
                     self.at_cap_limited = 0;
                     self.at_cap = 0;
                 }
@@ -252,9 +267,7 @@ impl Cap {
                 if self.under_cap < CAP_REFUTED {
                     return Explains::Yes;
                 }
-                self.found = None;
-                self.refuted = true;
-                return Explains::Refuted;
+                return self.refute();
             }
             None => {}
         }
@@ -263,6 +276,13 @@ impl Cap {
             self.limited += 1;
         }
         Explains::No
+    }
+
+    /// The cap found is no cap: none is looked for again in this run.
+    fn refute(&mut self) -> Explains {
+        self.found = None;
+        self.refuted = true;
+        Explains::Refuted
     }
 
     /// The cap the answers so far point to, if any: `k` such that hardly
@@ -281,7 +301,19 @@ impl Cap {
             seen += self.no[k + 1];
             k += 1;
         }
-        if k == 0 {
+        // A stray is a 429 among many successes: where as many calls drew
+        // 429s as succeeded, the cap is below (one 429 at 9 on the wire, one
+        // success, and 429s above: 9 was taken, and its 429s cost two
+        // pauses before it came down to 8).
+        while k > 0 && self.no[k] > 0 && self.no[k] >= self.ok[k] {
+            k -= 1;
+        }
+        // A 429 with two or more fewer than K on the wire is no stray
+        // (calls overtaken on the way are one or two): it is a rate signal.
+        // Slow start's 429s came with many on the wire since the pace was
+        // high, and a sliding window at ~150 ms was taken for a cap of 17
+        // with a 429 at 7 on the wire among them.
+        if k == 0 || self.no[1..=k.saturating_sub(2)].iter().any(|n| *n > 0) {
             return None;
         }
         let at_or_under: u32 = self.ok[1..=k].iter().sum();
@@ -2099,5 +2131,99 @@ mod tests {
             remembered.on_success(8, true);
         }
         assert_eq!(remembered.found(), Some(8));
+    }
+
+    /// Answers with these counts on the wire: (wire, successes, 429s).
+    fn answered(c: &mut Cap, counts: &[(usize, u32, u32)]) {
+        for &(wire, ok, no) in counts {
+            for _ in 0..ok {
+                c.on_success(wire, true);
+            }
+            for _ in 0..no {
+                c.on_429(wire, true);
+            }
+        }
+    }
+
+    /// A cap found where calls with one more on the wire drew 429s, more
+    /// than not, is not tried one higher: that trial's 429s only cost a
+    /// `Retry-After` pause (1 s of a 30 s night at ~150 ms).
+    #[test]
+    fn a_cap_whose_next_count_drew_429s_is_not_tried_higher() {
+        let mut c = Cap::new(None);
+        answered(
+            &mut c,
+            &[(4, 16, 0), (6, 16, 0), (8, 10, 0), (9, 1, 7), (10, 0, 1)],
+        );
+        assert_eq!(c.candidate(), Some(8));
+        c.take(8);
+        for _ in 0..2 * CAP_TRIAL_AFTER {
+            c.on_success(8, true);
+        }
+        assert_eq!(c.found(), Some(8), "8 is not tried one higher");
+    }
+
+    /// One 429 and one success at 9 on the wire, and 429s above: 9 is no
+    /// cap (taken, its 429s cost two pauses before it came down to 8).
+    #[test]
+    fn a_count_as_often_refused_as_accepted_is_above_the_cap() {
+        let mut c = Cap::new(None);
+        answered(
+            &mut c,
+            &[
+                (4, 20, 0),
+                (7, 12, 0),
+                (8, 5, 0),
+                (9, 1, 1),
+                (10, 0, 1),
+                (11, 0, 1),
+                (12, 0, 3),
+            ],
+        );
+        assert_eq!(c.candidate(), Some(8));
+    }
+
+    /// A sliding window at ~150 ms: slow start's 429s came with 17 and more on
+    /// the wire (the pace was high), and one at the held pace with 7. That
+    /// one is no call overtaken on the way: no cap.
+    #[test]
+    fn a_429_far_under_the_cap_is_a_rate_signal() {
+        let mut c = Cap::new(None);
+        answered(
+            &mut c,
+            &[
+                (5, 45, 0),
+                (7, 172, 1),
+                (8, 183, 0),
+                (12, 3, 0),
+                (16, 9, 0),
+                (17, 6, 1),
+                (18, 1, 1),
+                (19, 0, 1),
+                (20, 0, 3),
+                (24, 0, 13),
+            ],
+        );
+        assert_eq!(c.candidate(), None);
+    }
+
+    /// A rate limit met by calls kept unpaced under a cap answers 429 with
+    /// the cap full, whatever the cap: lowered once (a cap found one too
+    /// high), and at the next three the cap is refuted, not walked down
+    /// (a sliding window of 50/s at ~150 ms was walked from 14 to 6).
+    #[test]
+    fn a_cap_lowered_once_and_still_full_of_429s_is_refuted() {
+        let mut c = Cap::new(None);
+        c.take(14);
+        for _ in 0..CAP_REFUTED {
+            assert_eq!(c.on_429(14, true), Explains::Yes);
+        }
+        assert_eq!(c.found(), Some(13));
+        for _ in 0..CAP_REFUTED - 1 {
+            assert_eq!(c.on_429(13, true), Explains::Yes);
+        }
+        assert_eq!(c.on_429(13, true), Explains::Refuted);
+        assert_eq!(c.found(), None);
+        assert_eq!(c.candidate(), None, "none is looked for again");
     }
 }
