@@ -597,6 +597,12 @@ impl Auto {
             let cap = std::mem::replace(&mut self.cap, Cap::new(None));
             *self = *before;
             self.cap = cap;
+            // The level it was in spans the time under the cap: its calls
+            // would look as if they never kept up, and it never stepped
+            // (a 20/s bucket at ~150 ms sat 11 s at 16.8/s).
+            self.level_at = None;
+            self.level_calls = 0;
+            self.level_sent = None;
         }
     }
 
@@ -1858,6 +1864,32 @@ mod tests {
             a.on_429(sent, later + Duration::from_millis(150 + i), 4);
         }
         assert_eq!(a.rate(), shelved, "the pace taken up was cut");
+    }
+
+    /// A pace taken up again after a refuted cap climbs as it would have:
+    /// the level it was in, counted across the time under the cap, looked
+    /// as if its calls never kept up (a 20/s bucket at ~150 ms, taken for
+    /// a cap for 1.4 s, then sat 11 s at 16.8/s before its next step).
+    #[test]
+    fn a_pace_taken_up_after_a_refuted_cap_climbs() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut a = Auto::new(None, None, t0);
+        a.phase = Phase::Steady;
+        a.set(20.0);
+        a.hold = 20.0;
+        a.climb_at = Some(t0);
+        for i in 0..20 {
+            a.on_success(ms(50 * i), ms(50 * i + 150), 3);
+        }
+        a.start_over(ms(1_000));
+        a.take_up_shelved();
+        a.last_cut = Some(ms(2_400));
+        for i in 0..60 {
+            let sent = ms(2_500 + 50 * i);
+            a.on_success(sent, sent + Duration::from_millis(150), 3);
+        }
+        assert!(a.rate() > Some(20.0), "still at {:?}", a.rate());
     }
 
     /// The unpaced start sends its calls at once over connections still
