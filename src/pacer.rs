@@ -243,8 +243,8 @@ impl Cap {
                 // At the cap itself: a call overtaken on the way, or a cap
                 // one too high (a client counts answers still in its
                 // queue, so the 429s that found it can start one above).
-                // Three times, and it is one lower.
-                // Three times again, one lower: a rate limit, met by calls
+                // Three times, and it is one lower. Three more at the
+                // lowered cap, and it is refuted: a rate limit, met by calls
                 // kept unpaced under the cap, answers 429 with the cap full
                 // whatever it is, and walked a cap of 14 down to 6 (40/s
                 // against a sliding window of 50/s).
