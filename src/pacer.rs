@@ -413,7 +413,8 @@ enum Phase {
 /// - Unpaced until the first 429; then slow start from the burst, doubling
 ///   every 200 ms, until a 429.
 /// - Every 429 sets the rate to hold just under the estimate (no lower
-///   than 0.6 of the rate when the estimate rests on less than a second).
+///   than 0.6 of the rate when the estimate rests on less than a second,
+///   or the rate was a trial).
 ///   When the rate that drew it was well above (a loose estimate), a trial
 ///   follows 15% above the estimate; otherwise the limit is pinned and
 ///   held, with a climb above it only once a minute.
@@ -465,6 +466,11 @@ pub struct Auto {
     /// The highest level that held a whole step since the last 429 (0: none),
     /// and the bound on the limit it gives.
     clean: (f64, f64),
+    /// Whether the hold rests on such a bracket, and whether one that did
+    /// drew a 429 while held: the burst hides more than a tenth of a
+    /// second's worth, and brackets subtract all of it from then on.
+    bracketed: bool,
+    burst_hides: bool,
     /// A cap on concurrent calls, which explains 429s that are no rate signal.
     cap: Cap,
     /// The pace as it was when a cap was found, taken up again if the cap
@@ -517,6 +523,8 @@ impl Auto {
             held_failed: None,
             last_cut: None,
             clean: (0.0, 0.0),
+            bracketed: false,
+            burst_hides: false,
             cap: Cap::new(None),
             shelved: None,
             latency: 0.0,
@@ -755,8 +763,9 @@ impl Auto {
                         // This level held: the limit is at least about it,
                         // less what a small burst (a tenth of a second's
                         // worth) could have hidden over the level's time,
-                        // or a long one (see [`LONG_BURST`]) all of it.
-                        let slack = if self.burst > self.rate * LONG_BURST
+                        // or a long one (see [`LONG_BURST`]), or one a
+                        // bracket's hold found hiding more, all of it.
+                        let slack = if (self.burst > self.rate * LONG_BURST || self.burst_hides)
                             && !matches!(self.window, Window::Seen { .. })
                         {
                             self.burst
@@ -863,7 +872,11 @@ impl Auto {
         // of calls less a guessed burst, and can read half the limit (after
         // a limit dropped to 20/s, a trial's 429 came 0.14 s in and read
         // 10.9): it cuts to no less than [`SHORT_CUT`] of the rate, as AWS's
-        // adaptive retry cuts to 0.7 of its rate.
+        // adaptive retry cuts to 0.7 of its rate. So does a trial's 429: the
+        // trial follows a pause, so its stretch holds little beyond the
+        // burst it must subtract (a fixed 1 s window of 60 at ~150 ms read
+        // 8/s after a trial at 69/s, and the first night climbed back from
+        // 17/s: 65% of the limit, now 82%).
         let end = midpoint(sent, now);
         // A window's quota, taken whole after a pause: the limit is known.
         let quota = self.phase == Phase::SlowStart
@@ -882,7 +895,7 @@ impl Auto {
             self.proven = self.proven.max(b.min(rate));
         }
         let short = best.is_some_and(|(_, over)| over < SHORT_EPISODE);
-        let least = if short && self.phase == Phase::Steady {
+        let least = if (short || self.trial) && self.phase == Phase::Steady {
             SHORT_CUT
         } else {
             0.25
@@ -890,9 +903,18 @@ impl Auto {
         let mut estimate = bound.map_or(rate * 0.5, |bound| bound.clamp(rate * least, rate));
         // A level that held a whole step just under the one that drew the
         // 429 brackets the limit more tightly than the bound, which must
-        // allow for a burst as large as a window's whole quota.
+        // allow for a burst as large as a window's whole quota. When the
+        // hold a bracket gave draws a 429 itself, the burst hid more than
+        // the tenth of a second the bracket allowed for (a bucket of 50/s
+        // holding a second's worth, met at ~50 ms, was held at 60/s and
+        // learned 59/s): brackets take off the whole burst from then on.
         let (level, clean) = std::mem::take(&mut self.clean);
-        if self.phase == Phase::Steady && clean > estimate && rate <= level * BRACKETED {
+        if self.bracketed && self.phase == Phase::Steady && rate <= self.hold * 1.001 {
+            self.burst_hides = true;
+        }
+        self.bracketed =
+            self.phase == Phase::Steady && clean > estimate && rate <= level * BRACKETED;
+        if self.bracketed {
             estimate = clean;
             self.proven = self.proven.max(clean);
         }

@@ -386,9 +386,11 @@ mod tests {
     /// call on the wire when a window runs out). The floors are a little under
     /// what it reaches today: buckets with small bursts and long windows
     /// near their limit; a 1 s window or a sliding window, whose whole
-    /// quota looks like a burst, about three quarters of it on a first
-    /// night and nine tenths on the next (the level that held just under
-    /// the 429 brackets the limit).
+    /// quota looks like a burst, three quarters (sliding) to 85% (fixed;
+    /// 77% before a trial's 429 cut no deeper than [`crate::pacer`]'s
+    /// short episodes do) on a first night and 85% on the next (the level
+    /// that held just under the 429 brackets the limit); a bucket holding
+    /// a second's worth, 90% and 85%, and it never learns above its limit.
     #[test]
     fn auto_against_every_limiter_shape_and_latency() {
         let secs = Duration::from_secs;
@@ -418,6 +420,18 @@ mod tests {
                 0.90,
             ),
             (
+                "bucket, burst 50",
+                Limit {
+                    rate: 50.0,
+                    shape: Shape::Bucket,
+                    burst: Some(50.0),
+                    window: secs(1),
+                },
+                true,
+                0.90,
+                0.85,
+            ),
+            (
                 "no Retry-After",
                 Limit {
                     rate: 40.0,
@@ -438,7 +452,7 @@ mod tests {
                     window: secs(1),
                 },
                 true,
-                0.65,
+                0.85,
                 0.85,
             ),
             (
@@ -719,8 +733,9 @@ mod tests {
     /// a part of a shape's name and `RTT=` the slowest round trip in ms
     /// (`1`, `60`, `200`) pick what it runs; `NIGHTS=10` makes each night
     /// ten times as long; `SEEDS=10` draws the wire's jitter ten ways and
-    /// shows the mean and the least; `EACH=1` shows each draw, and
-    /// `TRACE=1` each change of pace.
+    /// shows the mean and the least; `EACH=1` shows each draw, `ONE=10`
+    /// runs only draw 10 (seeds count from 7), and `TRACE=1` each change
+    /// of pace.
     #[test]
     #[ignore]
     fn print_every_shape() {
@@ -809,6 +824,9 @@ mod tests {
                 // (first night's share, its 429s, second night's share, learned ÷ allowed)
                 let mut runs = Vec::new();
                 for seed in 0..seeds {
+                    if std::env::var("ONE").is_ok_and(|o| o != format!("{}", 7 + seed)) {
+                        continue;
+                    }
                     SEED.set(7 + seed);
                     let mut first = Auto::new(None, None, Instant::now());
                     let (t1, l1) = night_of(&mut first, server, rtt, retry_after, rows);
