@@ -119,11 +119,8 @@ enum Explains {
 /// The most calls on the wire a lane ever has (`send`'s ceiling): the
 /// largest cap [`Cap`] can find.
 pub const MOST_ON_WIRE: usize = 256;
-/// A cap is found only after this many 429s, all above it; or this many
-/// fewer, when all came with one count on the wire and no call with that
-/// count or more succeeded.
+/// A cap is found only after this many 429s, all above it.
 const CAP_EVIDENCE: u32 = 6;
-const CAP_EVIDENCE_AT_ONE: u32 = 4;
 /// A cap found in a run is tried one higher after this many successes at it.
 const CAP_TRIAL_AFTER: u32 = 200;
 /// A cap is refuted by this many 429s with fewer than it on the wire, and
@@ -292,16 +289,8 @@ impl Cap {
     /// any 429 came with `k` or fewer on the wire, and hardly any success
     /// with more.
     fn candidate(&self) -> Option<usize> {
-        if self.found.is_some() || self.refuted || self.limited < CAP_EVIDENCE_AT_ONE {
+        if self.found.is_some() || self.refuted || self.limited < CAP_EVIDENCE {
             return None;
-        }
-        if self.limited < CAP_EVIDENCE {
-            // Fewer 429s will do when every one came with the same count on
-            // the wire and no call above that count ever succeeded.
-            let at = self.no.iter().position(|n| *n > 0)?;
-            if self.no[at] != self.limited || self.ok[at..].iter().any(|n| *n > 0) {
-                return None;
-            }
         }
         // K: the most on the wire with next to no 429s at or under it (a
         // call sent just before another can reach the API just after it).
@@ -2208,35 +2197,6 @@ mod tests {
                 c.on_429(wire, true);
             }
         }
-    }
-
-    /// Four 429s do when all came with the same count on the wire and no
-    /// call with that many or more succeeded: at ~50 ms slow start often
-    /// leaves only four counted 429s at a cap of 8, and the paced climb,
-    /// 10% every 2 s, never reached 8 ÷ latency in a 10 s night (found in
-    /// 5 simulated draws of 10, now 8). Spread over several counts, as a
-    /// rate limit's overshoot spreads them, four are not enough.
-    #[test]
-    fn four_429s_at_one_count_and_no_success_there_are_a_cap() {
-        let mut c = Cap::new(None);
-        answered(&mut c, &[(3, 30, 0), (5, 300, 0), (8, 20, 0), (9, 0, 4)]);
-        assert_eq!(c.candidate(), Some(8));
-        let mut spread = Cap::new(None);
-        answered(
-            &mut spread,
-            &[(3, 30, 0), (5, 300, 0), (8, 20, 0), (9, 0, 2), (11, 0, 2)],
-        );
-        assert_eq!(spread.candidate(), None, "spread over two counts");
-        let mut succeeded = Cap::new(None);
-        answered(
-            &mut succeeded,
-            &[(3, 30, 0), (5, 300, 0), (8, 20, 0), (9, 1, 4)],
-        );
-        assert_eq!(
-            succeeded.candidate(),
-            None,
-            "a call with 9 on the wire succeeded"
-        );
     }
 
     /// A cap found where calls with one more on the wire drew 429s, more
