@@ -909,7 +909,8 @@ impl Auto {
         // holding a second's worth, met at ~50 ms, was held at 60/s and
         // learned 59/s): brackets take off the whole burst from then on.
         let (level, clean) = std::mem::take(&mut self.clean);
-        if self.bracketed && self.phase == Phase::Steady && rate <= self.hold * 1.001 {
+        let held = self.phase == Phase::Steady && rate <= self.hold * 1.001;
+        if self.bracketed && held {
             self.burst_hides = true;
         }
         self.bracketed =
@@ -918,7 +919,6 @@ impl Auto {
             estimate = clean;
             self.proven = self.proven.max(clean);
         }
-        let held = self.phase == Phase::Steady && rate <= self.hold * 1.001;
         // A window's pace that had held drew a 429 after more than one
         // window's quota went: calls reached it a little early or late (the
         // wire's jitter), once. Within the first quota, or twice: the
