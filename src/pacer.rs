@@ -412,9 +412,6 @@ enum Phase {
 ///
 /// - Unpaced until the first 429; then slow start from the burst, doubling
 ///   every 200 ms, until a 429.
-/// - Calls sent before a 429 but answered after it (on a slow wire, many
-///   that the API accepted first) still count in its estimate, and can
-///   raise the hold it set.
 /// - Every 429 sets the rate to hold just under the estimate (no lower
 ///   than 0.6 of the rate when the estimate rests on less than a second,
 ///   or the rate was a trial).
@@ -451,8 +448,6 @@ pub struct Auto {
     level_sent: Option<(Instant, Instant)>,
     /// When each call succeeded since the last 429 (the most recent [`EPISODE`]).
     episode: VecDeque<Instant>,
-    /// The episode the last cut ended, while the calls sent before it answer.
-    ended: Option<Ended>,
     /// Whether the current level is a trial above a rough estimate.
     trial: bool,
     /// Whether the last 429 pinned the limit (or a remembered pace is held):
@@ -519,7 +514,6 @@ impl Auto {
             level_calls: 0,
             level_sent: None,
             episode: VecDeque::new(),
-            ended: None,
             trial: false,
             pinned: false,
             pinned_held: 0,
@@ -692,10 +686,7 @@ impl Auto {
             }
         }
         if self.last_cut.is_some_and(|c| sent < c) {
-            // Sent before the last 429 was seen: that episode is over, but
-            // what the API accepted in it still bounds the limit.
-            self.straggler(midpoint(sent, now), now);
-            return;
+            return; // sent before the last 429 was seen: that episode is over
         }
         // A call sent just after the cut took its slot before the 429's
         // pause began: counted in the level set at the cut, it made the
@@ -810,48 +801,23 @@ impl Auto {
 
     /// [`Auto::estimate`], and the stretch the best bound rests on.
     fn estimate_over(&self, end: Instant) -> Option<(f64, Duration)> {
-        bound_over(&self.episode, end, self.burst)
-    }
-
-    /// A call sent before the last cut succeeded after it, arriving at
-    /// `arrived`. On a slow wire, calls the API accepted just before the 429
-    /// answer after it, so the bound the cut went by left them out (at
-    /// ~150 ms, a bucket of 100/s read 71/s). Counted now, they can only
-    /// raise the hold, never above the rate that drew the 429.
-    fn straggler(&mut self, arrived: Instant, now: Instant) {
-        let Some(e) = &mut self.ended else {
-            return;
-        };
-        let at = e.episode.iter().rev().take_while(|t| **t > arrived).count();
-        e.episode.insert(e.episode.len() - at, arrived);
-        let end = *e.episode.back().unwrap_or(&arrived);
-        let Some((bound, _)) = bound_over(&e.episode, end, e.burst) else {
-            return;
-        };
-        let estimate = bound.min(e.rate);
-        if estimate <= e.estimate || self.phase != Phase::Steady || self.before_drop.is_some() {
-            return;
+        let mut best: Option<(f64, Duration)> = None;
+        let n = self.episode.len();
+        for (i, at) in self.episode.iter().enumerate().rev() {
+            if *at > end {
+                continue;
+            }
+            let t = end.saturating_duration_since(*at);
+            if t < SHORTEST {
+                continue;
+            }
+            let calls = (n - i) as f64 - self.burst;
+            let bound = calls / t.as_secs_f64();
+            if calls > 0.0 && best.is_none_or(|(b, _)| bound > b) {
+                best = Some((bound, t));
+            }
         }
-        e.estimate = estimate;
-        let drew = e.rate;
-        self.proven = self.proven.max(estimate);
-        let hold = clamp(estimate * MARGIN, self.ceiling);
-        if hold <= self.hold {
-            return;
-        }
-        let at_hold = self.rate <= self.hold * 1.001;
-        self.hold = hold;
-        if drew <= estimate * PINNED && !self.pinned {
-            self.pinned = true;
-            self.set(hold);
-            self.climb_at = Some(now + PROBE_RARELY);
-        } else if self.trial {
-            let trial = (hold * TRY_ABOVE).min((hold * drew).sqrt()).max(hold);
-            self.set(trial);
-            self.trial = true;
-        } else if at_hold {
-            self.set(hold);
-        }
+        best
     }
 
     /// A call sent at `sent`, with `wire` calls on the wire, drew a 429;
@@ -897,7 +863,6 @@ impl Auto {
             self.unpaced_until = Some(now);
             self.burst = (self.episode.len() as f64).max(1.0);
             self.episode.clear();
-            self.ended = None;
             self.phase = Phase::SlowStart;
             self.set(self.burst);
             return;
@@ -978,13 +943,7 @@ impl Auto {
         } else if jitter {
             estimate = estimate.max(rate * WINDOW_NUDGE);
         }
-        let episode = std::mem::take(&mut self.episode);
-        self.ended = (bound.is_some() && !quota && !jitter && !self.bracketed).then_some(Ended {
-            episode,
-            burst: self.burst,
-            rate,
-            estimate,
-        });
+        self.episode.clear();
         let was_trial = self.trial;
         let probe = self.before_drop.is_some_and(|d| rate >= d * 0.97);
         self.phase = Phase::Steady;
@@ -1048,40 +1007,6 @@ impl Auto {
             && n <= self.burst * WINDOW_SAME + 1.0
             && over >= WINDOW_OVER
     }
-}
-
-/// The episode a cut ended, kept while the calls sent before the 429
-/// answer: see [`Auto::straggler`].
-#[derive(Debug, Clone)]
-struct Ended {
-    episode: VecDeque<Instant>,
-    burst: f64,
-    /// The rate that drew the 429, and the estimate the cut went by.
-    rate: f64,
-    estimate: f64,
-}
-
-/// The best lower bound of a token bucket's limit from calls accepted at
-/// `episode`'s instants (in order), over the stretches that end at `end`
-/// (at least [`SHORTEST`] long), less `burst`; and the stretch it rests on.
-fn bound_over(episode: &VecDeque<Instant>, end: Instant, burst: f64) -> Option<(f64, Duration)> {
-    let mut best: Option<(f64, Duration)> = None;
-    let n = episode.len();
-    for (i, at) in episode.iter().enumerate().rev() {
-        if *at > end {
-            continue;
-        }
-        let t = end.saturating_duration_since(*at);
-        if t < SHORTEST {
-            continue;
-        }
-        let calls = (n - i) as f64 - burst;
-        let bound = calls / t.as_secs_f64();
-        if calls > 0.0 && best.is_none_or(|(b, _)| bound > b) {
-            best = Some((bound, t));
-        }
-    }
-    best
 }
 
 /// Halfway between a call's send and its answer: when it most likely reached the API.

@@ -680,36 +680,6 @@ mod tests {
         }
     }
 
-    /// On a wire of 100–200 ms, calls the API accepted just before a 429
-    /// answer after it: counted as they come in, they raise the pace the
-    /// 429 cut to, and what the night learns. Buckets with small bursts,
-    /// ten draws of the wire's jitter each, 30 s nights: on average they
-    /// learned 0.957 (100/s, 10 at once) and 0.944 (50/s, 5 at once) of the
-    /// limit before, 0.968 and 0.966 now, and never above it.
-    #[test]
-    fn calls_answered_after_a_429_count_in_what_it_taught() {
-        for (rate, burst) in [(100.0, 10.0), (50.0, 5.0)] {
-            let limit = Limit {
-                rate,
-                shape: Shape::Bucket,
-                burst: Some(burst),
-                window: Duration::from_secs(1),
-            };
-            let mut learned = Vec::new();
-            for seed in 7..17 {
-                SEED.set(seed);
-                let mut a = Auto::new(None, None, Instant::now());
-                night(&mut a, limit, (0.1, 0.2), true, (rate * 30.0) as usize);
-                learned.push(a.learned().unwrap_or(0.0) / rate);
-            }
-            SEED.set(7);
-            let mean = learned.iter().sum::<f64>() / learned.len() as f64;
-            let case = format!("{rate}/s, burst {burst}: learned {learned:.3?}");
-            assert!(mean >= 0.96, "{case}");
-            assert!(learned.iter().all(|l| *l <= 1.0), "{case}");
-        }
-    }
-
     /// `bench.py auto`'s limit that drops from 50/s to 20/s at 15 s and
     /// comes back at 35 s, simulated at 1, ~50 and ~150 ms: most of the
     /// lower limit is used while it lasts (63–73%; 49% at 1 ms before a cut
