@@ -353,6 +353,10 @@ const PINNED: f64 = 1.2;
 const SAME_EPISODE: Duration = Duration::from_millis(100);
 /// The shortest stretch an estimate of the limit rests on.
 const SHORTEST: Duration = Duration::from_millis(100);
+/// Calls resumed at least this long after the 429 that emptied the
+/// limiter (its `Retry-After` pause): a window of a second has reset once,
+/// no more, when they reach it.
+const PAUSED_A_WINDOW: Duration = Duration::from_millis(900);
 /// The most successes an estimate looks back over.
 const EPISODE: usize = 4096;
 /// How long a pinned limit is trusted before climbing above it: each step
@@ -406,9 +410,11 @@ enum Phase {
 /// `limit × t` calls in any stretch of time `t`. So the calls accepted since
 /// the last 429, over any stretch, less the burst, per second, bound the
 /// limit from below, and tightly when the stretch ran above the limit. The
-/// burst is what the API accepted at once before its first 429. Time runs
-/// from when a call was sent to when the 429 was answered, so a slow wire
-/// makes the bound lower, never higher.
+/// burst is what the API accepted at once before its first 429. And a
+/// bucket is empty when it answers 429: after the pause that follows, all
+/// the calls accepted since that 429, over the time since it, bound the
+/// limit with no burst to take off. Each call is taken to reach the API
+/// halfway through its round trip.
 ///
 /// - Unpaced until the first 429; then slow start from the burst, doubling
 ///   every 200 ms, until a 429.
@@ -463,6 +469,13 @@ pub struct Auto {
     /// The last 429 at a rate that had held, and the hold before it.
     held_failed: Option<(Instant, f64)>,
     last_cut: Option<Instant>,
+    /// When the 429 that made the last cut reached the API: its limiter was
+    /// empty then (see [`Auto::estimate`]).
+    emptied: Option<Instant>,
+    /// Whether a pause after a 429 ran longer than a window of a second's:
+    /// the API counts calls in long windows, whose quota a pause of a
+    /// second can find whole again, and [`Auto::estimate`] takes off bursts.
+    long_pauses: bool,
     /// The highest level that held a whole step since the last 429 (0: none),
     /// and the bound on the limit it gives.
     clean: (f64, f64),
@@ -522,6 +535,8 @@ impl Auto {
             before_drop: None,
             held_failed: None,
             last_cut: None,
+            emptied: None,
+            long_pauses: false,
             clean: (0.0, 0.0),
             bracketed: false,
             burst_hides: false,
@@ -794,7 +809,8 @@ impl Auto {
     /// halfway through its own round trip, so latency, however long, biases
     /// the stretches neither way (timing them from send to answer read
     /// ~6% low at 150 ms). The best bound over the stretches that end at
-    /// `end` (at least [`SHORTEST`] long).
+    /// `end` (at least [`SHORTEST`] long), and over the whole time since
+    /// the 429 that emptied the limiter, less no burst.
     fn estimate(&self, end: Instant) -> Option<f64> {
         self.estimate_over(end).map(|(bound, _)| bound)
     }
@@ -803,6 +819,27 @@ impl Auto {
     fn estimate_over(&self, end: Instant) -> Option<(f64, Duration)> {
         let mut best: Option<(f64, Duration)> = None;
         let n = self.episode.len();
+        // The limiter was empty when the cut's 429 reached it: every call it
+        // accepted since came out of what it refilled, burst or none. So
+        // after a pause, the calls accepted since that 429, over the time
+        // since it, bound the limit with no burst to take off (a bucket of
+        // 12/s holding 25 refills only 12 in a pause of a second).
+        if let Some(p) = self.emptied
+            && !self.long_pauses
+            && self
+                .resumed(p)
+                .is_some_and(|gap| (PAUSED_A_WINDOW..=self.window_pause()).contains(&gap))
+            && n < EPISODE
+        {
+            // Each end is when a call most likely reached the API; either
+            // may be off by as much as the round trips vary.
+            let t = end.saturating_duration_since(p) + Duration::from_secs_f64(2.0 * self.jitter);
+            // Less one: the limiter may have held most of a call's token then.
+            let calls = self.episode.iter().filter(|at| **at <= end).count() as f64 - 1.0;
+            if t >= SHORT_EPISODE && calls > 0.0 {
+                best = Some((calls / t.as_secs_f64(), t));
+            }
+        }
         for (i, at) in self.episode.iter().enumerate().rev() {
             if *at > end {
                 continue;
@@ -861,6 +898,7 @@ impl Auto {
         let rate = self.rate;
         if self.phase == Phase::Unpaced {
             self.unpaced_until = Some(now);
+            self.emptied = Some(midpoint(sent, now));
             self.burst = (self.episode.len() as f64).max(1.0);
             self.episode.clear();
             self.phase = Phase::SlowStart;
@@ -889,7 +927,11 @@ impl Auto {
                 nudged: false,
             };
         }
+        if let Some(gap) = self.emptied.and_then(|p| self.resumed(p)) {
+            self.long_pauses |= gap > self.window_pause();
+        }
         let best = self.estimate_over(end);
+        self.emptied = Some(end);
         let bound = best.map(|(bound, _)| bound);
         if let Some(b) = bound {
             self.proven = self.proven.max(b.min(rate));
@@ -1002,10 +1044,27 @@ impl Auto {
         let over = end.saturating_duration_since(*first);
         let paused = cut_before.map_or(Duration::MAX, |c| first.saturating_duration_since(c));
         self.burst >= WINDOW_LEAST
-            && paused <= WINDOW_PAUSE + Duration::from_secs_f64(self.latency)
+            && paused <= self.window_pause()
             && n >= self.burst * 0.8
             && n <= self.burst * WINDOW_SAME + 1.0
             && over >= WINDOW_OVER
+    }
+
+    /// How long after `p` (when a 429 reached the API) the calls of this
+    /// episode began to reach it: the pause after it. Calls that had taken
+    /// their slots before the 429 was read go out just after it, and reach
+    /// the API within a round trip (and [`SAME_EPISODE`]) of it; they are
+    /// no sign that sending resumed.
+    fn resumed(&self, p: Instant) -> Option<Duration> {
+        let slipped = p + Duration::from_secs_f64(self.latency) + SAME_EPISODE;
+        let first = self.episode.iter().find(|at| **at > slipped)?;
+        Some(first.saturating_duration_since(p))
+    }
+
+    /// The longest a `Retry-After` pause of a window of a second runs, from
+    /// the 429 to the next call's arrival.
+    fn window_pause(&self) -> Duration {
+        WINDOW_PAUSE + Duration::from_secs_f64(self.latency)
     }
 }
 
