@@ -380,7 +380,9 @@ def realworld(work, figures, quick=False, only=None, long=False):
             if "1 s" not in name:
                 continue
             n_att, n_vg = 10 * n_att, 10 * n_vg
+        rows = n_att
         for lat_name, lat in lats:
+            n_att = rows
             extra = ["--latency", lat] if lat else []
             if allowed is None:
                 # A cap on calls in flight: what 8 in flight can carry at
