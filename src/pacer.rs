@@ -1051,10 +1051,9 @@ impl Auto {
     }
 
     /// How long after `p` (when a 429 reached the API) the calls of this
-    /// episode began to reach it: the pause after it. Calls that had taken
-    /// their slots before the 429 was read go out just after it, and reach
-    /// the API within a round trip (and [`SAME_EPISODE`]) of it; they are
-    /// no sign that sending resumed.
+    /// episode began to reach it: the pause after it. Calls sent before
+    /// the 429 was read reach the API within a round trip (and
+    /// [`SAME_EPISODE`]) of it; they are no sign that sending resumed.
     fn resumed(&self, p: Instant) -> Option<Duration> {
         let slipped = p + Duration::from_secs_f64(self.latency) + SAME_EPISODE;
         let first = self.episode.iter().find(|at| **at > slipped)?;

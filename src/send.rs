@@ -1241,55 +1241,9 @@ impl Executor {
                     return End::Pending(Some(why));
                 }
             }
-            let slot = tokio::select! {
-                slot = lane.pacer.reserve(MARK_LEAD) => Some(slot),
-                _ = self.cancel.cancelled() => None,
-            };
-            let Some(slot) = slot else {
-                let why = (n > 0).then(|| "interrupted before it was sent".to_owned());
-                return End::Pending(why);
-            };
-            if !b.marked {
-                // The slot is taken: commit the mark while its time comes,
-                // so the wire waits for no commit (unless the commit is slow).
-                let (mark, ()) = tokio::join!(
-                    self.recorder.in_flight(job.id),
-                    tokio::time::sleep_until(slot)
-                );
-                if mark.is_err() {
-                    // Without the mark committed the call must not go out;
-                    // the audit database failed, so nothing more is sent.
-                    self.cancel.cancel();
-                    return End::Abandoned;
-                }
-                b.marked = true;
-            } else {
-                tokio::time::sleep_until(slot).await;
-            }
-            if self.is_stopped(job.api) {
-                let why = format!(
-                    "not sent: the {} API was stopped earlier in this batch",
-                    job.api
-                );
-                return End::Pending(Some(why));
-            }
-            // While the API is down, one row at a time probes it.
-            let _probe = if lane.outage().is_down() {
-                let permit = tokio::select! {
-                    p = lane.probe.acquire() => p.ok(),
-                    _ = self.cancel.cancelled() => None,
-                };
-                if permit.is_none() || self.is_stopped(job.api) {
-                    return End::Pending(None);
-                }
-                permit
-            } else {
-                None
-            };
-            // Rows back from a backoff can outnumber the API's cap on
-            // concurrent calls: the wire itself keeps to it.
-            let Some(wire_count) = self.onto_wire(lane).await else {
-                return End::Pending(Some("interrupted before it was sent".to_owned()));
+            let (_probe, wire_count) = match self.to_the_wire(job, lane, n > 0, b).await {
+                Ok(go) => go,
+                Err(end) => return end,
             };
             let sent = Instant::now();
             b.attempt += 1;
@@ -1383,6 +1337,86 @@ impl Executor {
             .is_some_and(|a| matches!(a.verdict, Verdict::Retry | Verdict::RateLimited));
         let note = exhausted.then(|| format!("gave up after {} attempts", b.attempt));
         End::Failed(note)
+    }
+
+    /// Waits for the call's slot and its place on the wire, committing a
+    /// write's `in_flight` mark while the slot comes. A pause that begins
+    /// after the slot was taken (a 429 read meanwhile) holds the call too,
+    /// and a mark this took is taken back while it waits: `in_flight` stays
+    /// exactly "may be on the wire". `Err`: the call is not sent.
+    async fn to_the_wire<'a>(
+        &self,
+        job: &Job,
+        lane: &'a ApiLane,
+        retry: bool,
+        b: &mut Budget,
+    ) -> Result<(Option<tokio::sync::SemaphorePermit<'a>>, OnWire<'a>), End> {
+        loop {
+            let slot = tokio::select! {
+                slot = lane.pacer.reserve(MARK_LEAD) => Some(slot),
+                _ = self.cancel.cancelled() => None,
+            };
+            let Some(slot) = slot else {
+                let why = retry.then(|| "interrupted before it was sent".to_owned());
+                return Err(End::Pending(why));
+            };
+            let marks = !b.marked;
+            if marks {
+                // The slot is taken: commit the mark while its time comes,
+                // so the wire waits for no commit (unless the commit is slow).
+                let (mark, ()) = tokio::join!(
+                    self.recorder.in_flight(job.id),
+                    tokio::time::sleep_until(slot)
+                );
+                if mark.is_err() {
+                    // Without the mark committed the call must not go out;
+                    // the audit database failed, so nothing more is sent.
+                    self.cancel.cancel();
+                    return Err(End::Abandoned);
+                }
+                b.marked = true;
+            } else {
+                tokio::time::sleep_until(slot).await;
+            }
+            if self.is_stopped(job.api) {
+                let why = format!(
+                    "not sent: the {} API was stopped earlier in this batch",
+                    job.api
+                );
+                return Err(End::Pending(Some(why)));
+            }
+            // While the API is down, one row at a time probes it.
+            let probe = if lane.outage().is_down() {
+                let permit = tokio::select! {
+                    p = lane.probe.acquire() => p.ok(),
+                    _ = self.cancel.cancelled() => None,
+                };
+                if permit.is_none() || self.is_stopped(job.api) {
+                    return Err(End::Pending(None));
+                }
+                permit
+            } else {
+                None
+            };
+            // Rows back from a backoff can outnumber the API's cap on
+            // concurrent calls: the wire itself keeps to it.
+            let Some(wire) = self.onto_wire(lane).await else {
+                return Err(End::Pending(Some(
+                    "interrupted before it was sent".to_owned(),
+                )));
+            };
+            if lane.pacer.paused_for().is_none() {
+                return Ok((probe, wire));
+            }
+            drop((probe, wire));
+            if marks {
+                if self.recorder.unmark(job.id).await.is_err() {
+                    self.cancel.cancel();
+                    return Err(End::Abandoned);
+                }
+                b.marked = false;
+            }
+        }
     }
 
     async fn left_pending(&self, outcome: Outcome) {

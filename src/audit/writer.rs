@@ -71,6 +71,10 @@ enum Event {
         id: i64,
         ack: oneshot::Sender<()>,
     },
+    Unmark {
+        id: i64,
+        ack: oneshot::Sender<()>,
+    },
     Read {
         read: ReadRecord,
         ack: oneshot::Sender<()>,
@@ -143,6 +147,17 @@ impl Writer {
         done.await.map_err(|_| WriterGone)
     }
 
+    /// Takes back a row's `in_flight` mark before its call went out (a pause
+    /// began meanwhile), and returns once that is committed.
+    pub async fn unmark(&self, id: i64) -> Result<(), WriterGone> {
+        let (ack, done) = oneshot::channel();
+        self.urgent
+            .send(Event::Unmark { id, ack })
+            .await
+            .map_err(|_| WriterGone)?;
+        done.await.map_err(|_| WriterGone)
+    }
+
     /// Records a read and returns once it is committed (a pre-image is
     /// durable before the edit it precedes goes out).
     pub async fn read(&self, read: ReadRecord) -> Result<(), WriterGone> {
@@ -192,7 +207,8 @@ async fn write_loop(
 ) -> anyhow::Result<usize> {
     /// Outcome-side events written per transaction, so a mark never waits long.
     const CHUNK: usize = 128;
-    let mut marks: Vec<(i64, oneshot::Sender<()>)> = Vec::new();
+    // (row, `in_flight` or back to `pending`, who waits for it)
+    let mut marks: Vec<Mark> = Vec::new();
     let mut reads: Vec<(ReadRecord, oneshot::Sender<()>)> = Vec::new();
     // Attempts, outcomes and flushes, in arrival order.
     let mut queue: VecDeque<Queued> = VecDeque::new();
@@ -228,14 +244,21 @@ async fn write_loop(
         // Calls wait for their marks: those go first, in a short transaction of their own.
         // (A row's outcome never precedes its own mark, which it waited for.)
         if !marks.is_empty() || !reads.is_empty() {
-            let ids: Vec<i64> = marks.iter().map(|(id, _)| *id).collect();
+            let ids = |in_flight: bool| -> Vec<i64> {
+                marks
+                    .iter()
+                    .filter(|m| m.1 == in_flight)
+                    .map(|m| m.0)
+                    .collect()
+            };
+            let (marked, unmarked) = (ids(true), ids(false));
             let mark = sqlx::query(
                 "UPDATE audit_rows SET status = 'in_flight', started_ms = COALESCE(started_ms, ?1), finished_ms = NULL, reserved = NULL \
                  WHERE rowid IN (SELECT value FROM json_each(?2))",
             )
             .bind(at_ms)
-            .bind(serde_json::to_string(&ids)?);
-            if reads.is_empty() {
+            .bind(serde_json::to_string(&marked)?);
+            if reads.is_empty() && unmarked.is_empty() {
                 // One statement commits by itself: one round trip to the
                 // connection's thread instead of three.
                 mark.execute(&mut conn)
@@ -248,12 +271,24 @@ async fn write_loop(
                         .await
                         .context("audit database: record a read")?;
                 }
-                mark.execute(&mut *tx)
+                if !marked.is_empty() {
+                    mark.execute(&mut *tx)
+                        .await
+                        .context("audit database: mark rows in flight")?;
+                }
+                if !unmarked.is_empty() {
+                    sqlx::query(
+                        "UPDATE audit_rows SET status = 'pending' \
+                         WHERE rowid IN (SELECT value FROM json_each(?1)) AND status = 'in_flight'",
+                    )
+                    .bind(serde_json::to_string(&unmarked)?)
+                    .execute(&mut *tx)
                     .await
-                    .context("audit database: mark rows in flight")?;
+                    .context("audit database: take back in_flight marks")?;
+                }
                 tx.commit().await.context("audit database: commit")?;
             }
-            for (_, ack) in marks.drain(..) {
+            for (_, _, ack) in marks.drain(..) {
                 let _ = ack.send(());
             }
             for (_, ack) in reads.drain(..) {
@@ -292,6 +327,9 @@ async fn write_loop(
     Ok(peak)
 }
 
+/// A row to mark `in_flight` (true) or back `pending`, and who waits for it.
+type Mark = (i64, bool, oneshot::Sender<()>);
+
 /// What waits behind the marks, in arrival order.
 enum Queued {
     Attempt(AttemptRecord),
@@ -301,12 +339,13 @@ enum Queued {
 
 fn sort(
     e: Event,
-    marks: &mut Vec<(i64, oneshot::Sender<()>)>,
+    marks: &mut Vec<Mark>,
     reads: &mut Vec<(ReadRecord, oneshot::Sender<()>)>,
     queue: &mut VecDeque<Queued>,
 ) {
     match e {
-        Event::InFlight { id, ack } => marks.push((id, ack)),
+        Event::InFlight { id, ack } => marks.push((id, true, ack)),
+        Event::Unmark { id, ack } => marks.push((id, false, ack)),
         Event::Read { read, ack } => reads.push((read, ack)),
         Event::Attempt(a) => queue.push_back(Queued::Attempt(a)),
         Event::Finished(o) => queue.push_back(Queued::Finished(o)),

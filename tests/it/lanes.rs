@@ -217,3 +217,60 @@ async fn a_cap_on_concurrent_calls_is_found_kept_to_and_remembered() {
         "{text}"
     );
 }
+
+/// A `Retry-After` pauses the whole API, calls that already had their slot
+/// included: a call reserves its slot up to 20 ms ahead (so its `in_flight`
+/// mark commits meanwhile), and one whose slot came just after a 429 was
+/// read went out into the pause anyway (up to 20 per 429 at 1000/s), and
+/// most drew a 429 of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_call_starts_during_a_retry_after_pause() {
+    let sb = sandbox(Config {
+        rate_limit: Some(50.0),
+        burst: Some(50.0),
+        ..Config::default()
+    })
+    .await;
+    let w = Work::new();
+    let rows: Vec<String> = (0..100)
+        .map(|i| format!("attention.archive,c{i}"))
+        .collect();
+    w.write("n.csv", &csv("op,conversation_id", &rows));
+    let args = [
+        "run",
+        "n.csv",
+        "--attention-rate",
+        "1000/s",
+        "--concurrency",
+        "32",
+        "-q",
+    ];
+    w.run(Some(&sb), &args).await.expect(0);
+    // (started, answered, status) of every call, as the client saw them.
+    let calls: Vec<(i64, i64, Option<i64>)> = sqlx::query_as(
+        "SELECT started_ms, started_ms + duration_ms, http_status FROM audit_attempts ORDER BY started_ms",
+    )
+    .fetch_all(&w.db().await)
+    .await
+    .unwrap();
+    let pauses: Vec<i64> = calls
+        .iter()
+        .filter(|c| c.2 == Some(429))
+        .map(|c| c.1)
+        .collect();
+    assert!(!pauses.is_empty(), "the sandbox never answered 429");
+    // A call started within a few ms of the 429's answer may have passed
+    // the pause's check just before it was set; none starts later. (Before
+    // the fix, 21 calls drew a 429 in the 20 ms after the first, 16 of them
+    // more than 5 ms after it.)
+    for read in pauses {
+        let into = calls
+            .iter()
+            .filter(|c| c.0 > read + 10 && c.0 < read + 900)
+            .count();
+        assert_eq!(
+            into, 0,
+            "{into} calls started during the pause from {read} ms"
+        );
+    }
+}
