@@ -472,6 +472,10 @@ pub struct Auto {
     /// When the 429 that made the last cut reached the API: its limiter was
     /// empty then (see [`Auto::estimate`]).
     emptied: Option<Instant>,
+    /// When an earlier 429 emptied the limiter, with every episode since
+    /// paused as `emptied`'s, and the calls accepted from then to
+    /// `emptied`: the bound from `emptied` extends back to it.
+    span: Option<(Instant, f64)>,
     /// Whether a pause after a 429 ran longer than a window of a second's:
     /// the API counts calls in long windows, whose quota a pause of a
     /// second can find whole again, and [`Auto::estimate`] takes off bursts.
@@ -536,6 +540,7 @@ impl Auto {
             held_failed: None,
             last_cut: None,
             emptied: None,
+            span: None,
             long_pauses: false,
             clean: (0.0, 0.0),
             bracketed: false,
@@ -823,21 +828,20 @@ impl Auto {
         // accepted since came out of what it refilled, burst or none. So
         // after a pause, the calls accepted since that 429, over the time
         // since it, bound the limit with no burst to take off (a bucket of
-        // 12/s holding 25 refills only 12 in a pause of a second).
-        if let Some(p) = self.emptied
-            && !self.long_pauses
-            && self
-                .resumed(p)
-                .is_some_and(|gap| (PAUSED_A_WINDOW..=self.window_pause()).contains(&gap))
-            && n < EPISODE
-        {
-            // Each end is when a call most likely reached the API; either
-            // may be off by as much as the round trips vary.
-            let t = end.saturating_duration_since(p) + Duration::from_secs_f64(2.0 * self.jitter);
-            // Less one: the limiter may have held most of a call's token then.
-            let calls = self.episode.iter().filter(|at| **at <= end).count() as f64 - 1.0;
-            if t >= SHORT_EPISODE && calls > 0.0 {
-                best = Some((calls / t.as_secs_f64(), t));
+        // 12/s holding 25 refills only 12 in a pause of a second). So does
+        // a run of such pauses, from the 429 before the first of them.
+        if let (Some(p), Some(span)) = (self.emptied, self.emptied_span()) {
+            for (from, before) in [(p, 0.0), span] {
+                // Each end is when a call most likely reached the API; either
+                // may be off by as much as the round trips vary.
+                let t = end.saturating_duration_since(from)
+                    + Duration::from_secs_f64(2.0 * self.jitter);
+                // Less one: the limiter may have held most of a call's token then.
+                let calls = before + self.accepted_by(end) - 1.0;
+                let bound = calls / t.as_secs_f64();
+                if t >= SHORT_EPISODE && calls > 0.0 && best.is_none_or(|(b, _)| bound > b) {
+                    best = Some((bound, t));
+                }
             }
         }
         for (i, at) in self.episode.iter().enumerate().rev() {
@@ -931,6 +935,9 @@ impl Auto {
             self.long_pauses |= gap > self.window_pause();
         }
         let best = self.estimate_over(end);
+        self.span = self
+            .emptied_span()
+            .map(|(from, before)| (from, before + self.accepted_by(end)));
         self.emptied = Some(end);
         let bound = best.map(|(bound, _)| bound);
         if let Some(b) = bound {
@@ -998,6 +1005,8 @@ impl Auto {
                 .held_failed
                 .is_some_and(|(at, _)| now.saturating_duration_since(at) < DROPPED);
         if dropped {
+            // What was accepted before the drop tells of the old limit.
+            self.span = None;
             let before = self.held_failed.map_or(0.0, |(_, b)| b);
             self.before_drop = Some(self.before_drop.map_or(before, |d| d.max(before)));
         } else if held && !jitter {
@@ -1058,6 +1067,32 @@ impl Auto {
         let slipped = p + Duration::from_secs_f64(self.latency) + SAME_EPISODE;
         let first = self.episode.iter().find(|at| **at > slipped)?;
         Some(first.saturating_duration_since(p))
+    }
+
+    /// Since when the limiter has refilled every call it accepted, and the
+    /// calls it accepted before the last cut: from the last cut's 429 if
+    /// sending resumed a `Retry-After` pause of a second after it, and
+    /// back to the first 429 of a run of such episodes (over a longer
+    /// stretch the round trips' variation weighs less). `None` when no
+    /// pause or a long one came after the last cut.
+    fn emptied_span(&self) -> Option<(Instant, f64)> {
+        let p = self.emptied?;
+        let paused = self
+            .resumed(p)
+            .is_some_and(|gap| (PAUSED_A_WINDOW..=self.window_pause()).contains(&gap));
+        if !paused || self.long_pauses || self.episode.len() >= EPISODE {
+            return None;
+        }
+        Some(self.span.unwrap_or((p, 0.0)))
+    }
+
+    /// The calls of this episode accepted after the last cut's 429 and by
+    /// `end` (calls on the wire at the cut may have reached the API before
+    /// its 429 and still be answered after it).
+    fn accepted_by(&self, end: Instant) -> f64 {
+        let after = self.emptied;
+        let counted = |at: &&Instant| **at <= end && after.is_none_or(|p| **at > p);
+        self.episode.iter().filter(counted).count() as f64
     }
 
     /// The longest a `Retry-After` pause of a window of a second runs, from
