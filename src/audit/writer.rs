@@ -139,34 +139,29 @@ impl Writer {
     /// Marks the row `in_flight` and returns once that is committed. An
     /// error means the mark could not be recorded: the call must not be sent.
     pub async fn in_flight(&self, id: i64) -> Result<(), WriterGone> {
-        let (ack, done) = oneshot::channel();
-        self.urgent
-            .send(Event::InFlight { id, ack })
-            .await
-            .map_err(|_| WriterGone)?;
-        done.await.map_err(|_| WriterGone)
+        self.committed(|ack| Event::InFlight { id, ack }).await
     }
 
     /// Takes back a row's `in_flight` mark before its call went out (a pause
     /// began meanwhile), and returns once that is committed.
     pub async fn unmark(&self, id: i64) -> Result<(), WriterGone> {
+        self.committed(|ack| Event::Unmark { id, ack }).await
+    }
+
+    /// Sends an event a call waits for, and returns once it is committed.
+    async fn committed(
+        &self,
+        event: impl FnOnce(oneshot::Sender<()>) -> Event,
+    ) -> Result<(), WriterGone> {
         let (ack, done) = oneshot::channel();
-        self.urgent
-            .send(Event::Unmark { id, ack })
-            .await
-            .map_err(|_| WriterGone)?;
+        self.urgent.send(event(ack)).await.map_err(|_| WriterGone)?;
         done.await.map_err(|_| WriterGone)
     }
 
     /// Records a read and returns once it is committed (a pre-image is
     /// durable before the edit it precedes goes out).
     pub async fn read(&self, read: ReadRecord) -> Result<(), WriterGone> {
-        let (ack, done) = oneshot::channel();
-        self.urgent
-            .send(Event::Read { read, ack })
-            .await
-            .map_err(|_| WriterGone)?;
-        done.await.map_err(|_| WriterGone)
+        self.committed(|ack| Event::Read { read, ack }).await
     }
 
     pub async fn attempt(&self, a: AttemptRecord) -> Result<(), WriterGone> {
