@@ -691,7 +691,11 @@ mod tests {
     /// window of 50/s was taken for a cap in 4 draws of 10 (walked down to
     /// 6 or 7: 54–69% of the night, 77% the next), a fixed window in 1,
     /// and a bucket without `Retry-After` in 1 (a cap of 4: 66% the next
-    /// night).
+    /// night). No cap is taken even for a while: before a cap needed four
+    /// 429s above it for each success there, buckets of 20, 40, 50 and
+    /// 100/s were taken for caps and refuted later, each time after
+    /// seconds of pauses (the 20/s bucket's first night: 74% of the limit
+    /// against ~81% in other draws).
     #[test]
     fn no_rate_limit_is_taken_for_a_cap() {
         let secs = Duration::from_secs;
@@ -704,6 +708,15 @@ mod tests {
                 Shape::Bucket,
                 Some(4.0),
                 false,
+            ),
+            ("bucket 20/s, burst 2", 20.0, Shape::Bucket, Some(2.0), true),
+            ("bucket 50/s, burst 5", 50.0, Shape::Bucket, Some(5.0), true),
+            (
+                "bucket 100/s, burst 10",
+                100.0,
+                Shape::Bucket,
+                Some(10.0),
+                true,
             ),
         ];
         for (name, rate, shape, burst, retry_after) in shapes {
@@ -724,7 +737,7 @@ mod tests {
                     (rate * 30.0) as usize,
                 );
                 SEED.set(7);
-                assert_eq!(a.cap(), None, "{name}, draw {seed}");
+                assert!(!a.took_a_cap(), "{name}, draw {seed}: took a cap");
             }
         }
     }
