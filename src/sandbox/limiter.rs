@@ -742,6 +742,98 @@ mod tests {
         }
     }
 
+    /// A bucket of 50/s holding 5, 2 ms away: the first night pays for
+    /// discovery (three 429s: the unpaced start, slow start's overshoot,
+    /// the trial above the first estimate, each with a second of
+    /// `Retry-After`); the next starts from what it learned, nearly the
+    /// whole limit, and draws none.
+    #[test]
+    fn auto_finds_an_unpublished_limit_then_starts_there_next_time() {
+        let limit = Limit {
+            rate: 50.0,
+            shape: Shape::Bucket,
+            burst: Some(5.0),
+            window: Duration::from_secs(1),
+        };
+        let mut first = Auto::new(None, None, Instant::now());
+        let (took, limited) = night(&mut first, limit, (0.002, 0.002), true, 2000);
+        assert!(2000.0 / took >= 45.0, "first night: {:.1}/s", 2000.0 / took);
+        assert!(limited <= 60, "first night: {limited} 429s");
+        let learned = first.learned().expect("a rate was learned");
+        assert!((48.5..=50.0).contains(&learned), "learned {learned}");
+        let mut second = Auto::new(None, Some(learned), Instant::now());
+        let (took, limited) = night(&mut second, limit, (0.002, 0.002), true, 2000);
+        assert!(
+            2000.0 / took >= 48.5,
+            "second night: {:.1}/s",
+            2000.0 / took
+        );
+        assert_eq!(limited, 0, "second night");
+    }
+
+    /// Slow buckets with bursts of two and three seconds' worth: a level
+    /// above the limit hid under the burst for longer than it ran, and the
+    /// pace learned was up to a third above the limit (16/s of 12/s).
+    #[test]
+    fn a_long_burst_does_not_teach_a_pace_above_the_limit() {
+        for rate in [1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0] {
+            for seconds in [2.0, 3.0] {
+                for rtt in [(0.002, 0.002), (0.04, 0.06), (0.1, 0.2)] {
+                    let limit = Limit {
+                        rate,
+                        shape: Shape::Bucket,
+                        burst: Some(rate * seconds),
+                        window: Duration::from_secs(1),
+                    };
+                    let mut a = Auto::new(None, None, Instant::now());
+                    night(&mut a, limit, rtt, true, (rate * 60.0) as usize);
+                    let learned = a.learned().unwrap_or(0.0);
+                    assert!(
+                        learned <= rate,
+                        "{rate}/s, {seconds} s of burst, {rtt:?} s: learned {learned:.2}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Buckets from 2/s to 300/s, holding a tenth of a second or a whole
+    /// second, 2 and ~50 ms away: most of the limit is used from the first
+    /// night, with few 429s, and what is remembered is never over it.
+    #[test]
+    fn auto_holds_under_limits_of_every_size() {
+        for rate in [2.0, 10.0, 50.0, 300.0] {
+            for seconds in [0.1, 1.0] {
+                for rtt in [(0.002, 0.002), (0.04, 0.06)] {
+                    let limit = Limit {
+                        rate,
+                        shape: Shape::Bucket,
+                        burst: Some((rate * seconds).max(1.0)),
+                        window: Duration::from_secs(1),
+                    };
+                    let mut a = Auto::new(None, None, Instant::now());
+                    let rows = (rate * 60.0) as usize;
+                    let (took, limited) = night(&mut a, limit, rtt, true, rows);
+                    let case = format!("{rate}/s holding {seconds} s, {rtt:?} s");
+                    let achieved = rows as f64 / took;
+                    assert!(achieved >= 0.7 * rate, "{case}: {achieved:.1}/s");
+                    assert!(limited <= 25 + rows / 50, "{case}: {limited} 429s");
+                    let learned = a.learned().unwrap_or(0.0);
+                    assert!(learned <= rate, "{case}: learned {learned:.2}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_limit_never_reached_teaches_nothing() {
+        let mut a = Auto::new(None, None, Instant::now());
+        let (_, limited) = night(&mut a, Limit::bucket(10_000.0), (0.002, 0.002), true, 500);
+        assert_eq!(limited, 0);
+        assert_eq!(a.rate(), None, "still unpaced");
+        assert_eq!(a.learned(), None);
+    }
+
     /// `bench.py auto`'s limit that drops from 50/s to 20/s at 15 s and
     /// comes back at 35 s, simulated at 1, ~50 and ~150 ms: most of the
     /// lower limit is used while it lasts (63–73%; 49% at 1 ms before a cut
