@@ -691,11 +691,11 @@ mod tests {
     /// window of 50/s was taken for a cap in 4 draws of 10 (walked down to
     /// 6 or 7: 54–69% of the night, 77% the next), a fixed window in 1,
     /// and a bucket without `Retry-After` in 1 (a cap of 4: 66% the next
-    /// night). No cap is taken even for a while: before a cap needed four
-    /// 429s above it for each success there, buckets of 20, 40, 50 and
-    /// 100/s were taken for caps and refuted later, each time after
-    /// seconds of pauses (the 20/s bucket's first night: 74% of the limit
-    /// against ~81% in other draws).
+    /// night). No cap is taken even for a while: before a cap allowed at
+    /// most one success with two or more calls above it on the wire,
+    /// buckets of 20, 40, 50 and 100/s were taken for caps and refuted
+    /// later, each time after seconds of pauses (the 20/s bucket's first
+    /// night: 74% of the limit against ~81% in other draws).
     #[test]
     fn no_rate_limit_is_taken_for_a_cap() {
         let secs = Duration::from_secs;
