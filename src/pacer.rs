@@ -443,8 +443,10 @@ enum Phase {
 ///   dropped: the rate follows the new estimate, and the old rate is probed
 ///   every few seconds so a recovered limit is followed quickly.
 /// - A window of a second (after a pause, slow start had the burst accepted
-///   again and no call more): the pace goes to that quota per second, less
-///   the wire's jitter, and holds.
+///   again and no call more; or none of the unpaced start's calls sent
+///   after its first 429 was accepted, while a bucket would have refilled
+///   several): the pace goes to that quota per second, less the wire's
+///   jitter, and holds.
 #[derive(Debug, Clone)]
 pub struct Auto {
     ceiling: Option<f64>,
@@ -460,6 +462,8 @@ pub struct Auto {
     proven: f64,
     /// When the unpaced start ended (its first 429 came).
     unpaced_until: Option<Instant>,
+    /// How the unpaced start's calls sent after its first 429 were answered.
+    storm: Storm,
     /// When the current level's first call succeeded.
     level_at: Option<Instant>,
     /// Calls that succeeded in the current level, and when the first and
@@ -530,6 +534,40 @@ enum Window {
     Refuted,
 }
 
+/// The unpaced start's calls sent after the one that drew its first 429:
+/// a token bucket goes on refilling while they arrive, and accepts some;
+/// a window of a second (fixed or sliding) has nothing left to give until
+/// it turns. So when none of them was accepted, over a stretch in which a
+/// bucket refilling a burst a second would have refilled a call, the
+/// burst is a window's quota: once sending resumes after the pause, the
+/// pace is that quota a second (see [`Auto::storm_window`]), instead of
+/// slow start doubling from it. (Slow start finds a quota too, but only
+/// when the pause ended as a window began: at ~150 ms one that ended
+/// mid-window hid it, and a fixed window of 60 a second was paced at
+/// 41–52/s.)
+#[derive(Debug, Clone, Copy, Default)]
+struct Storm {
+    /// When the call that drew the first 429 was sent.
+    first: Option<Instant>,
+    /// Calls sent at least the jitter's margin after it: how many were
+    /// accepted, how many drew a 429, and the last one sent.
+    ok: u32,
+    limited: u32,
+    last: Option<Instant>,
+    /// Once slow start resumed after the pause: the window's pace, if it
+    /// is one (judged once; the jitter it rests on moves on).
+    judged: Option<Option<f64>>,
+}
+
+/// Evidence a window needs: 429s sent after the first one's, and the calls
+/// a bucket refilling the burst each second would have refilled meanwhile.
+/// A bucket refilling less may be taken for a window: its first 429 after
+/// the pause refutes the window, at the cost of a 429 or two (in a
+/// simulated sweep of 216 buckets, the nights of 8, all with 1–3 s of
+/// burst, changed: within 2 points either way, with fewer 429s).
+const STORM_LIMITED: u32 = 3;
+const STORM_EXPECTED: f64 = 1.0;
+
 impl Auto {
     /// `remembered`: the rate an earlier run learned; the run starts there and holds.
     pub fn new(ceiling: Option<f64>, remembered: Option<f64>, now: Instant) -> Auto {
@@ -541,6 +579,7 @@ impl Auto {
             burst: 1.0,
             proven: 0.0,
             unpaced_until: None,
+            storm: Storm::default(),
             level_at: None,
             level_calls: 0,
             level_sent: None,
@@ -720,6 +759,7 @@ impl Auto {
         if self.unpaced_until.is_some_and(|c| sent < c) {
             // Part of the unpaced start, answered after its first 429 (on a
             // slow wire most of the burst is): slow start begins from it.
+            self.storm_answer(sent, true);
             self.burst += 1.0;
             if self.phase == Phase::SlowStart && self.rate < self.burst {
                 self.rate = clamp(self.burst, self.ceiling);
@@ -756,8 +796,25 @@ impl Auto {
             .take_while(|t| **t > arrived)
             .count();
         self.episode.insert(self.episode.len() - at, arrived);
+        let window = match self.phase {
+            Phase::SlowStart => self.storm_window(),
+            _ => None,
+        };
         match self.phase {
             Phase::Unpaced => {}
+            Phase::SlowStart if let Some(quota) = window => {
+                // A window of a second: its quota a second is the pace, held
+                // as the quota found by slow start is (see `on_429`).
+                self.set(quota);
+                self.window = Window::Seen {
+                    proven: 0.0,
+                    nudged: false,
+                };
+                self.hold = self.rate;
+                self.phase = Phase::Steady;
+                self.pinned = true;
+                self.climb_at = Some(now + PROBE_RARELY);
+            }
             Phase::SlowStart => {
                 if self.level_ran(now) >= SLOW_START_STEP && self.kept_up() {
                     self.set(self.rate * 2.0);
@@ -884,6 +941,9 @@ impl Auto {
     /// A call sent at `sent`, with `wire` calls on the wire, drew a 429;
     /// its answer came at `now`.
     pub fn on_429(&mut self, sent: Instant, now: Instant, wire: usize) {
+        if self.unpaced_until.is_some_and(|c| sent < c) {
+            self.storm_answer(sent, false);
+        }
         let known = self.cap.found().is_some();
         let counted = self.counts(sent);
         match self.cap.on_429(wire, counted) {
@@ -922,6 +982,7 @@ impl Auto {
         let rate = self.rate;
         if self.phase == Phase::Unpaced {
             self.unpaced_until = Some(now);
+            self.storm.first = Some(sent);
             self.emptied = Some(midpoint(sent, now));
             self.burst = (self.episode.len() as f64).max(1.0);
             self.episode.clear();
@@ -994,16 +1055,16 @@ impl Auto {
         // windows are longer than a second, or hold less now, or it is a
         // token bucket whose burst looked like a quota.
         let past_quota = self.episode.len() as f64 > self.burst * WINDOW_SAME + 1.0;
-        let jitter = match &mut self.window {
+        let (jitter, refuted) = match &mut self.window {
             Window::Seen { nudged, .. } if held && past_quota && !*nudged && !quota => {
                 *nudged = true;
-                true
+                (true, false)
             }
             Window::Seen { .. } if held => {
                 self.window = Window::Refuted;
-                false
+                (false, true)
             }
-            _ => false,
+            _ => (false, false),
         };
         if quota {
             // Calls land as much early or late as their round trips vary:
@@ -1019,6 +1080,11 @@ impl Auto {
         // A rate that had held drew a 429: a little over the limit all
         // along (hidden by the API's slack), or, twice in a row, the limit
         // dropped (and the old rate is worth probing again).
+        // A pace that rested on a window refuted now had never held: no
+        // limit dropped from it (a bucket of 2/s holding 40, taken for a
+        // window of 40/s, had its 429s taken for a drop from 39/s, and
+        // probed back there every 4 s all night).
+        let held = held && !refuted;
         let dropped = held
             && !jitter
             && self
@@ -1113,6 +1179,50 @@ impl Auto {
         let after = self.emptied;
         let counted = |at: &&Instant| **at <= end && after.is_none_or(|p| **at > p);
         self.episode.iter().filter(counted).count() as f64
+    }
+
+    /// Counts a call of the unpaced start answered after its first 429.
+    fn storm_answer(&mut self, sent: Instant, accepted: bool) {
+        let Some(first) = self.storm.first else {
+            return;
+        };
+        if sent < first + Duration::from_secs_f64(2.0 * self.jitter) {
+            return; // it may have reached the API before the first 429's call
+        }
+        if accepted {
+            self.storm.ok += 1;
+        } else {
+            self.storm.limited += 1;
+        }
+        self.storm.last = self.storm.last.max(Some(sent));
+    }
+
+    /// The pace of a window of a second the unpaced start met (see
+    /// [`Storm`]): judged once slow start resumed after a pause of a second
+    /// (longer windows are the quota gate's).
+    fn storm_window(&mut self) -> Option<f64> {
+        if let Some(judged) = self.storm.judged {
+            return judged;
+        }
+        let paused = self.emptied.and_then(|p| self.resumed(p))?;
+        let s = &self.storm;
+        let span = match (s.first, s.last) {
+            (Some(first), Some(last)) => {
+                let margin = Duration::from_secs_f64(2.0 * self.jitter);
+                last.saturating_duration_since(first + margin).as_secs_f64()
+            }
+            _ => 0.0,
+        };
+        let window = s.ok == 0
+            && s.limited >= STORM_LIMITED
+            && self.burst >= WINDOW_LEAST
+            && self.burst * span >= STORM_EXPECTED
+            && paused <= self.window_pause();
+        // A window sees as large a share more of the calls as their round
+        // trips vary.
+        let pace = window.then(|| self.burst * (1.0 - 2.0 * self.jitter.min(0.1)) * MARGIN);
+        self.storm.judged = Some(pace);
+        pace
     }
 
     /// The longest a `Retry-After` pause of a window of a second runs, from
