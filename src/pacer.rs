@@ -445,7 +445,7 @@ enum Phase {
 /// - A window of a second (after a pause, slow start had the burst accepted
 ///   again and no call more; or none of the unpaced start's calls sent
 ///   after its first 429 was accepted, while a bucket would have refilled
-///   several): the pace goes to that quota per second, less the wire's
+///   one): the pace goes to that quota per second, less the wire's
 ///   jitter, and holds.
 #[derive(Debug, Clone)]
 pub struct Auto {
@@ -1077,14 +1077,14 @@ impl Auto {
         let was_trial = self.trial;
         let probe = self.before_drop.is_some_and(|d| rate >= d * 0.97);
         self.phase = Phase::Steady;
-        // A rate that had held drew a 429: a little over the limit all
-        // along (hidden by the API's slack), or, twice in a row, the limit
-        // dropped (and the old rate is worth probing again).
         // A pace that rested on a window refuted now had never held: no
         // limit dropped from it (a bucket of 2/s holding 40, taken for a
         // window of 40/s, had its 429s taken for a drop from 39/s, and
         // probed back there every 4 s all night).
         let held = held && !refuted;
+        // A rate that had held drew a 429: a little over the limit all
+        // along (hidden by the API's slack), or, twice in a row, the limit
+        // dropped (and the old rate is worth probing again).
         let dropped = held
             && !jitter
             && self
