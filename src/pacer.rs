@@ -1187,7 +1187,7 @@ impl Auto {
         let Some(first) = self.storm.first else {
             return;
         };
-        if sent < first + Duration::from_secs_f64(2.0 * self.jitter) {
+        if sent < first + self.storm_margin() {
             return; // it may have reached the API before the first 429's call
         }
         if accepted {
@@ -1196,6 +1196,12 @@ impl Auto {
             self.storm.limited += 1;
         }
         self.storm.last = self.storm.last.max(Some(sent));
+    }
+
+    /// How long after the first 429's call a call may still have reached
+    /// the API before it: the round trips' variation, twice.
+    fn storm_margin(&self) -> Duration {
+        Duration::from_secs_f64(2.0 * self.jitter)
     }
 
     /// The pace of a window of a second the unpaced start met (see
@@ -1208,10 +1214,9 @@ impl Auto {
         let paused = self.emptied.and_then(|p| self.resumed(p))?;
         let s = &self.storm;
         let span = match (s.first, s.last) {
-            (Some(first), Some(last)) => {
-                let margin = Duration::from_secs_f64(2.0 * self.jitter);
-                last.saturating_duration_since(first + margin).as_secs_f64()
-            }
+            (Some(first), Some(last)) => last
+                .saturating_duration_since(first + self.storm_margin())
+                .as_secs_f64(),
             _ => 0.0,
         };
         let window = s.ok == 0
