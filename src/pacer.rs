@@ -437,7 +437,9 @@ enum Phase {
 ///   or the rate was a trial).
 ///   When the rate that drew it was well above (a loose estimate), a trial
 ///   follows 15% above the estimate; otherwise the limit is pinned and
-///   held, with a climb above it only once a minute.
+///   held, with a climb above it only once a minute; a 429 at that climb
+///   leaves the pace that held the minute (taken less a burst and the
+///   margin, a window of a second's pace sank 0.5–0.7% a minute).
 /// - Climbing: 10% more every 2 s without a 429.
 /// - Two 429s at a rate that had held, close together, mean the limit
 ///   dropped: the rate follows the new estimate, and the old rate is probed
@@ -993,6 +995,10 @@ impl Auto {
         if self.last_cut.is_some_and(|c| sent < c + SAME_EPISODE) {
             return;
         }
+        let probe_failed = self.phase == Phase::Steady
+            && self.above_pinned()
+            && self.pinned_held == 0
+            && self.before_drop.is_none();
         let cut_before = self.last_cut.replace(now);
         let rate = self.rate;
         if self.phase == Phase::Unpaced {
@@ -1092,6 +1098,10 @@ impl Auto {
             estimate = self.burst.min(rate) * (1.0 - self.jitter.min(0.2));
         } else if jitter {
             estimate = estimate.max(rate * WINDOW_NUDGE);
+        } else if probe_failed {
+            // The first step above a pinned pace drew the 429: that pace
+            // held a minute, and stands.
+            estimate = estimate.max(self.hold / MARGIN);
         }
         self.episode.clear();
         let was_trial = self.trial;
