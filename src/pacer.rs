@@ -373,6 +373,11 @@ const SHORTEST: Duration = Duration::from_millis(100);
 const PAUSED_A_WINDOW: Duration = Duration::from_millis(900);
 /// The most successes an estimate looks back over.
 const EPISODE: usize = 4096;
+/// Cuts in a row whose estimates agree this closely (as a share) pin the
+/// limit however far above it their 429s came: a long burst hides each
+/// trial above it and the climb after, for a 429 every few seconds.
+const AGREE: f64 = 0.01;
+const AGREED: u32 = 3;
 /// How long a pinned limit is trusted before climbing above it: each step
 /// that fails costs a 429 and its `Retry-After` pause.
 const PROBE_RARELY: Duration = Duration::from_secs(60);
@@ -439,7 +444,9 @@ enum Phase {
 ///   follows 15% above the estimate; otherwise the limit is pinned and
 ///   held, with a climb above it only once a minute; a 429 at that climb
 ///   leaves the pace that held the minute (taken less a burst and the
-///   margin, a window of a second's pace sank 0.5–0.7% a minute).
+///   margin, a window of a second's pace sank 0.5–0.7% a minute). Four
+///   cuts in a row whose estimates agree within 1% pin it too, however far
+///   above it their 429s came (a burst of many seconds hides each trial).
 /// - Climbing: 10% more every 2 s without a 429.
 /// - Two 429s at a rate that had held, close together, mean the limit
 ///   dropped: the rate follows the new estimate, and the old rate is probed
@@ -490,6 +497,10 @@ pub struct Auto {
     before_drop: Option<f64>,
     /// The last 429 at a rate that had held, and the hold before it.
     held_failed: Option<(Instant, f64)>,
+    /// The estimate the last cut made (0 before any), and how many cuts in
+    /// a row since made one within [`AGREE`] of the one before.
+    last_estimate: f64,
+    agreed: u32,
     last_cut: Option<Instant>,
     /// When the 429 that made the last cut reached the API: its limiter was
     /// empty then (see [`Auto::estimate`]).
@@ -597,6 +608,8 @@ impl Auto {
             probe_at: None,
             before_drop: None,
             held_failed: None,
+            last_estimate: 0.0,
+            agreed: 0,
             last_cut: None,
             emptied: None,
             span: None,
@@ -1141,7 +1154,10 @@ impl Auto {
         self.hold = clamp(hold, self.ceiling);
         self.set(self.hold);
         // The limit lies between the estimate and the rate that drew the 429.
-        let pinned = quota || rate <= estimate * PINNED;
+        let agrees = (estimate / self.last_estimate - 1.0).abs() <= AGREE;
+        self.agreed = if agrees { self.agreed + 1 } else { 0 };
+        self.last_estimate = estimate;
+        let pinned = quota || rate <= estimate * PINNED || self.agreed >= AGREED;
         self.pinned = pinned;
         self.pinned_held = 0;
         if pinned {
