@@ -381,6 +381,10 @@ const AGREED: u32 = 3;
 /// How long a pinned limit is trusted before climbing above it: each step
 /// that fails costs a 429 and its `Retry-After` pause.
 const PROBE_RARELY: Duration = Duration::from_secs(60);
+/// Each climb above a pinned limit that draws a 429 doubles the time to the
+/// next, up to this: a limit that stays put costs a `Retry-After` second a
+/// minute otherwise (1.6% of a long night).
+const PROBE_LONGEST: Duration = Duration::from_secs(600);
 /// Above a pinned limit, each climbing step, as a factor, and how long it
 /// must hold: a level that held longer brackets the limit more tightly (it
 /// is taken less what a tenth of a second's burst could have hidden over
@@ -442,8 +446,9 @@ enum Phase {
 ///   or the rate was a trial).
 ///   When the rate that drew it was well above (a loose estimate), a trial
 ///   follows 15% above the estimate; otherwise the limit is pinned and
-///   held, with a climb above it only once a minute; a 429 at that climb
-///   leaves the pace that held the minute (taken less a burst and the
+///   held, with a climb above it only after a minute (and after each
+///   climb that failed twice as long, up to ten minutes); a 429 at that
+///   climb leaves the pace that held meanwhile (taken less a burst and the
 ///   margin, a window of a second's pace sank 0.5–0.7% a minute). Four
 ///   cuts in a row whose estimates agree within 1% pin it too, however far
 ///   above it their 429s came (a burst of many seconds hides each trial).
@@ -501,6 +506,8 @@ pub struct Auto {
     /// a row since made one within [`AGREE`] of the one before.
     last_estimate: f64,
     agreed: u32,
+    /// How long a pinned limit is trusted before the next climb above it.
+    probe_every: Duration,
     last_cut: Option<Instant>,
     /// When the 429 that made the last cut reached the API: its limiter was
     /// empty then (see [`Auto::estimate`]).
@@ -610,6 +617,7 @@ impl Auto {
             held_failed: None,
             last_estimate: 0.0,
             agreed: 0,
+            probe_every: PROBE_RARELY,
             last_cut: None,
             emptied: None,
             span: None,
@@ -1160,8 +1168,13 @@ impl Auto {
         let pinned = quota || rate <= estimate * PINNED || self.agreed >= AGREED;
         self.pinned = pinned;
         self.pinned_held = 0;
+        self.probe_every = if probe_failed {
+            (self.probe_every * 2).min(PROBE_LONGEST)
+        } else {
+            PROBE_RARELY
+        };
         if pinned {
-            self.climb_at = Some(now + PROBE_RARELY);
+            self.climb_at = Some(now + self.probe_every);
         } else if !was_trial && !probe {
             let trial = (self.hold * TRY_ABOVE).min((self.hold * rate).sqrt());
             self.set(trial.max(self.hold));

@@ -928,6 +928,29 @@ mod tests {
         );
     }
 
+    /// A fixed 1 s window of 60 for an hour, 1 ms away: the pace climbs
+    /// above the pinned quota to see whether the limit rose. It never does,
+    /// and each climb costs a 429 and a `Retry-After` second: once a minute,
+    /// that was 1.6% of the night. Each failed climb doubles the wait for
+    /// the next, up to ten minutes.
+    #[test]
+    fn climbs_that_keep_failing_come_ever_less_often() {
+        let limit = Limit {
+            rate: 60.0,
+            shape: Shape::Window,
+            burst: None,
+            window: Duration::from_secs(1),
+        };
+        let mut a = Auto::new(None, Some(59.4), Instant::now());
+        let rows = 60 * 3600;
+        let (took, limited) = night(&mut a, limit, (0.0005, 0.001), true, rows);
+        println!(
+            "{limited} 429s, {:.1}% of the limit",
+            100.0 * rows as f64 / took / 60.0
+        );
+        assert!(limited <= 20, "{limited} 429s in an hour");
+    }
+
     #[test]
     fn a_limit_never_reached_teaches_nothing() {
         let mut a = Auto::new(None, None, Instant::now());
