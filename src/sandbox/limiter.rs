@@ -217,6 +217,22 @@ mod tests {
         static SEED: std::cell::Cell<u64> = const { std::cell::Cell::new(7) };
     }
 
+    /// A token bucket of `rate` holding `burst`.
+    fn holding(rate: f64, burst: f64) -> Limit {
+        Limit {
+            burst: Some(burst),
+            ..Limit::bucket(rate)
+        }
+    }
+
+    /// Fixed windows of a second, each accepting `rate` calls.
+    fn window_of_a_second(rate: f64) -> Limit {
+        Limit {
+            shape: Shape::Window,
+            ..Limit::bucket(rate)
+        }
+    }
+
     /// One night of `rows` calls paced by `auto` against `limit`: each call
     /// reaches the API halfway through a round trip drawn from `rtt`, calls
     /// in flight follow Little's law as the lanes size them (unpaced: 16,
@@ -865,12 +881,7 @@ mod tests {
     /// a night of 240 calls at ~50 ms in 4 draws of 5, against 41–43 now.
     #[test]
     fn a_bucket_taken_for_a_window_is_not_probed_back_to_it() {
-        let limit = Limit {
-            rate: 2.0,
-            shape: Shape::Bucket,
-            burst: Some(40.0),
-            window: Duration::from_secs(1),
-        };
+        let limit = holding(2.0, 40.0);
         for seed in 7..12 {
             SEED.set(seed);
             let mut a = Auto::new(None, None, Instant::now());
@@ -888,12 +899,7 @@ mod tests {
     /// stands.
     #[test]
     fn a_failed_probe_does_not_lower_a_pace_that_held() {
-        let limit = Limit {
-            rate: 60.0,
-            shape: Shape::Window,
-            burst: None,
-            window: Duration::from_secs(1),
-        };
+        let limit = window_of_a_second(60.0);
         let mut a = Auto::new(None, None, Instant::now());
         let rows = 60 * 600;
         let (took, _) = night(&mut a, limit, (0.0005, 0.001), true, rows);
@@ -910,12 +916,7 @@ mod tests {
     /// calls. Four estimates in a row that agree pin the limit.
     #[test]
     fn estimates_that_agree_pin_a_limit_a_long_burst_hides() {
-        let limit = Limit {
-            rate: 2.0,
-            shape: Shape::Bucket,
-            burst: Some(40.0),
-            window: Duration::from_secs(1),
-        };
+        let limit = holding(2.0, 40.0);
         let mut a = Auto::new(None, None, Instant::now());
         let rows = 2 * 1200;
         let (took, limited) = night(&mut a, limit, (0.04, 0.06), true, rows);
@@ -935,12 +936,7 @@ mod tests {
     /// the next, up to ten minutes.
     #[test]
     fn climbs_that_keep_failing_come_ever_less_often() {
-        let limit = Limit {
-            rate: 60.0,
-            shape: Shape::Window,
-            burst: None,
-            window: Duration::from_secs(1),
-        };
+        let limit = window_of_a_second(60.0);
         let mut a = Auto::new(None, Some(59.4), Instant::now());
         let rows = 60 * 3600;
         let (took, limited) = night(&mut a, limit, (0.0005, 0.001), true, rows);
