@@ -52,16 +52,20 @@ resume:     a 1,000,000-row batch with ~1% failed rows: `convoy resume
             --send-older-edits` sends exactly those; resumed again, it decides "nothing to do";
             both timed beside one read of the source (`run --dry-run`).
 
-Builds the release binary first. Prints a Markdown table of the figures.
+Builds the release binary first (or runs CONVOY_BIN=PATH, building nothing).
+Prints a Markdown table of the figures.
 """
 import csv, json, os, re, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "convoy")
+# CONVOY_BIN=PATH runs that binary (for A/B runs of two builds) and builds nothing.
+BIN = os.environ.get("CONVOY_BIN") or os.path.join(ROOT, "target", "release", "convoy")
 KEY, TOKEN = "sandbox-attention-key", "sandbox-vg-token"
 
 
 def build():
+    if os.environ.get("CONVOY_BIN"):
+        return
     subprocess.run(["cargo", "build", "--release", "--locked", "-q"], cwd=ROOT, check=True)
 
 

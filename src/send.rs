@@ -787,23 +787,50 @@ impl Executor {
     /// Runs every job of one API's lane from `jobs` and returns when all are
     /// recorded (or the run was cancelled and the calls in flight have
     /// finished). Each API runs its own loop: [`ApiLane`].
+    ///
+    /// A row starts only while the lane has room (`running` under its
+    /// in-flight limit): a new row read, or the next edit of a conversation
+    /// whose previous edit just finished, which waits in `ready` for room
+    /// like any other. `running` is given back here, when the dispatcher
+    /// sees the row finish, so a finished row's slot is never taken twice.
     pub async fn run(self: &Arc<Self>, api: Api, mut jobs: mpsc::Receiver<Job>) {
         /// Rows parked behind a busy conversation before reading pauses.
         const MAX_PARKED: usize = 10_000;
+        let lane = self.lane(api);
         let mut running = FuturesUnordered::new();
-        // A conversation is in `busy` while one of its edits runs; later ones wait in its queue.
+        // A conversation is in `busy` while one of its edits runs or waits
+        // in `ready`; later ones wait in its queue.
         let mut busy: HashMap<(Api, Arc<str>), VecDeque<Job>> = HashMap::new();
+        // Next edits whose conversation is free, in the order they came free.
+        let mut ready: VecDeque<Job> = VecDeque::new();
+        // Rows read but not started: in a conversation's queue or in `ready`.
         let mut parked = 0usize;
         let mut source_done = false;
         loop {
             let cancelled = self.cancel.is_cancelled();
-            let lane = self.lane(api);
-            let can_take = !cancelled
-                && !source_done
-                && (lane.running.load(Relaxed) as usize)
+            let room = || {
+                (lane.running.load(Relaxed) as usize)
                     < lane.in_flight_limit(self.settings.concurrency)
-                && parked < MAX_PARKED;
-            if running.is_empty() && (source_done || cancelled) {
+            };
+            while !cancelled && room() {
+                let Some(next) = ready.pop_front() else { break };
+                parked -= 1;
+                if self.is_stopped(api) {
+                    let key = (api, next.conversation_id.clone());
+                    let left = busy.remove(&key).map_or(0, |q| q.len());
+                    parked -= left;
+                    self.counters
+                        .left_pending
+                        .fetch_add(1 + left as u64, Relaxed);
+                } else {
+                    running.push(self.spawn(next));
+                }
+            }
+            let can_take =
+                !cancelled && !source_done && ready.is_empty() && room() && parked < MAX_PARKED;
+            // Nothing more will start: only the rows running are awaited.
+            let winding_down = cancelled || (source_done && ready.is_empty());
+            if running.is_empty() && winding_down {
                 break;
             }
             tokio::select! {
@@ -828,17 +855,18 @@ impl Executor {
                     }
                 },
                 Some(key) = running.next(), if !running.is_empty() => {
+                    lane.running.fetch_sub(1, Relaxed);
                     let queue = busy.get_mut(&key).expect("a running conversation is busy");
                     match queue.pop_front() {
                         Some(next) => {
-                            parked -= 1;
                             if self.cancel.is_cancelled() || self.is_stopped(next.api) {
-                                // Left pending; the rest of the queue is drained the same way below.
-                                self.counters.left_pending.fetch_add(1 + queue.len() as u64, Relaxed);
-                                parked -= queue.len();
+                                // Left pending, with the rest of its queue.
+                                let left = 1 + queue.len();
+                                parked -= left;
+                                self.counters.left_pending.fetch_add(left as u64, Relaxed);
                                 busy.remove(&key);
                             } else {
-                                running.push(self.spawn(next));
+                                ready.push_back(next);
                             }
                         }
                         None => {
@@ -848,7 +876,7 @@ impl Executor {
                 },
                 _ = self.cancel.cancelled(), if !cancelled => {}
                 // A row went to sleep in its backoff: its slot is free.
-                _ = lane.freed.notified(), if !cancelled && !source_done => {}
+                _ = lane.freed.notified(), if !winding_down => {}
             }
         }
         // Whatever was still queued or unread stays pending.
@@ -856,15 +884,12 @@ impl Executor {
         self.counters.left_pending.fetch_add(unread, Relaxed);
     }
 
+    /// Starts one row; `running` counts it until the dispatcher sees it end.
     fn spawn(self: &Arc<Self>, job: Job) -> impl Future<Output = (Api, Arc<str>)> + use<> {
         let me = self.clone();
         let key = (job.api, job.conversation_id.clone());
         self.lane(job.api).running.fetch_add(1, Relaxed);
-        let handle = tokio::spawn(async move {
-            let api = job.api;
-            me.work(job).await;
-            me.lane(api).running.fetch_sub(1, Relaxed);
-        });
+        let handle = tokio::spawn(async move { me.work(job).await });
         async move {
             // A worker never panics by design; if one did, the row stays in_flight (outcome unknown).
             let _ = handle.await;
@@ -1398,8 +1423,8 @@ impl Executor {
             } else {
                 None
             };
-            // Rows back from a backoff can outnumber the API's cap on
-            // concurrent calls: the wire itself keeps to it.
+            // Rows back from a backoff can outnumber the lane's limit: the
+            // wire itself keeps to it.
             let Some(wire) = self.onto_wire(lane).await else {
                 return Err(End::Pending(Some(
                     "interrupted before it was sent".to_owned(),
@@ -1424,14 +1449,17 @@ impl Executor {
         let _ = self.recorder.finished(outcome).await;
     }
 
-    /// Puts a call on the wire once the API's cap on concurrent calls (when
-    /// one was found) allows; `None` if the batch is cancelled meanwhile.
+    /// Puts a call on the wire once the lane's in-flight limit allows
+    /// (`--concurrency N`, the budget of `auto`, or the API's cap when one
+    /// was found): whatever path a call comes by (a row handed on, a retry
+    /// back from its backoff, a read), no more than that are ever on the
+    /// wire. `None` if the batch is cancelled meanwhile.
     async fn onto_wire<'a>(&self, lane: &'a ApiLane) -> Option<OnWire<'a>> {
         loop {
             let freed = lane.wire_freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            let cap = lane.pacer.cap().map_or(u64::MAX, |k| k as u64);
+            let cap = lane.in_flight_limit(self.settings.concurrency) as u64;
             if let Ok(before) = lane
                 .on_wire
                 .fetch_update(Relaxed, Relaxed, |n| (n < cap).then_some(n + 1))

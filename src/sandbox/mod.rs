@@ -164,8 +164,12 @@ pub struct State {
     world: Mutex<World>,
     log: Mutex<Vec<Logged>>,
     limits: Mutex<[Option<Limiter>; 2]>,
-    /// Calls being answered now, per API (for `max_in_flight`).
+    /// Calls being answered now, per API (for `max_in_flight`), and the
+    /// most at once so far: each counted from its arrival to the moment its
+    /// answer is handed to the connection, so never more than the client had
+    /// on the wire.
     in_flight: [AtomicU64; 2],
+    peak_in_flight: [AtomicU64; 2],
     scripts: Mutex<HashMap<String, VecDeque<Scripted>>>,
     attention_template: Map<String, Value>,
     vg_template: Map<String, Value>,
@@ -218,6 +222,7 @@ impl Sandbox {
             log: Mutex::default(),
             limits: Mutex::new(limits),
             in_flight: [AtomicU64::new(0), AtomicU64::new(0)],
+            peak_in_flight: [AtomicU64::new(0), AtomicU64::new(0)],
             scripts: Mutex::default(),
             attention_template,
             vg_template: edit::vg_blank_conversation(),
@@ -345,6 +350,11 @@ impl Sandbox {
         self.state.set_rate_limit(per_sec);
     }
 
+    /// The most calls to `api` this sandbox was answering at once.
+    pub fn peak_in_flight(&self, api: Api) -> u64 {
+        self.state.peak_in_flight[api as usize].load(Relaxed)
+    }
+
     /// TCP connections accepted so far.
     pub fn connections(&self) -> u64 {
         self.state.connections.load(Relaxed)
@@ -380,8 +390,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct InFlight<'a>(&'a AtomicU64);
 
 impl<'a> InFlight<'a> {
-    fn enter(n: &'a AtomicU64) -> InFlight<'a> {
-        n.fetch_add(1, Relaxed);
+    fn enter(n: &'a AtomicU64, peak: &AtomicU64) -> InFlight<'a> {
+        peak.fetch_max(n.fetch_add(1, Relaxed) + 1, Relaxed);
         InFlight(n)
     }
 }
@@ -474,6 +484,16 @@ impl State {
                 .and_then(|v: &hyper::header::HeaderValue| v.to_str().ok())
                 .map(str::to_owned)
         };
+        // Counted from the request's arrival to its answer, latency included.
+        let api = match req.uri().path().split('/').nth(1) {
+            Some("v2") => Some(Api::Attention),
+            Some("agents") => Some(Api::Vg),
+            _ => None,
+        };
+        let _in_flight = api.map(|api| {
+            let i = api as usize;
+            InFlight::enter(&self.in_flight[i], &self.peak_in_flight[i])
+        });
         let authorization = header(hyper::header::AUTHORIZATION);
         let content_type = header(hyper::header::CONTENT_TYPE);
         let body = match req.into_body().collect().await {
@@ -500,16 +520,9 @@ impl State {
             applied: false,
             at_ms: self.now_ms(),
         };
-        // Counted from the request to its answer, latency included.
-        let api = match rec.segments.first().map(String::as_str) {
-            Some("v2") => Some(Api::Attention),
-            Some("agents") => Some(Api::Vg),
-            _ => None,
-        };
         if api.is_some() {
             self.api_calls.fetch_add(1, Relaxed);
         }
-        let _in_flight = api.map(|api| InFlight::enter(&self.in_flight[api as usize]));
         let too_many = match (api, self.config.max_in_flight) {
             (Some(api), Some(max)) => self.in_flight[api as usize].load(Relaxed) as usize > max,
             _ => false,

@@ -12,6 +12,7 @@
 //! - `storage`: how the audit database stores its facts, and upgrades to it
 
 mod common;
+mod concurrency;
 mod hardening;
 mod lanes;
 mod live;
