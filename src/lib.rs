@@ -17,7 +17,7 @@
 //! | `pacer` | pacing one API: fixed rates, `Retry-After` pauses, `auto` |
 //! | [`audit`] | the audit database: every query, the batch records, the single batched writer, batch locks; `audit::report` reads it back (batch list, detail, failure clusters, CSV export, plans); `audit::prune` removes old batches' bulk |
 //! | `options` | a batch's effective options, as recorded |
-//! | `send` | the send phase: one lane per API (reader, in-flight budget, pacer), per-conversation order, retries |
+//! | `send` | the send phase: one lane per API (reader, in-flight limit, pacer), per-conversation order, retries, HTTP verdicts, outages and the breaker, reads of live state |
 //! | `progress` | the progress bar and plain progress lines |
 //! | `plan` | the plan phase, and reconciling a resumed batch with its source |
 //! | `undo` | building an undo batch: the calls that put a batch's reversible fields back, and what cannot be undone |
