@@ -52,20 +52,26 @@ async fn nights(w: &Work) -> convoy::sandbox::Sandbox {
     sb
 }
 
-/// The SQL blocks of the README's "Querying the audit database" section.
+/// The SQL blocks of the "Querying the audit database" sections of the
+/// README and of `docs/audit-db.md` (its full list).
 fn readme_queries() -> Vec<String> {
-    let readme = std::fs::read_to_string(format!("{MANIFEST}/README.md")).unwrap();
-    let start = readme
-        .find("## Querying the audit database")
-        .expect("the README has the section");
-    let end = readme[start + 3..]
-        .find("\n## ")
-        .map_or(readme.len(), |i| start + 3 + i);
-    readme[start..end]
-        .split("```sql\n")
-        .skip(1)
-        .map(|b| b.split("```").next().unwrap().trim().to_owned())
-        .collect()
+    let mut queries = Vec::new();
+    for file in ["README.md", "docs/audit-db.md"] {
+        let text = std::fs::read_to_string(format!("{MANIFEST}/{file}")).unwrap();
+        let start = text
+            .find("## Querying the audit database")
+            .unwrap_or_else(|| panic!("{file} has the section"));
+        let end = text[start + 3..]
+            .find("\n## ")
+            .map_or(text.len(), |i| start + 3 + i);
+        queries.extend(
+            text[start..end]
+                .split("```sql\n")
+                .skip(1)
+                .map(|b| b.split("```").next().unwrap().trim().to_owned()),
+        );
+    }
+    queries
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,8 +80,8 @@ async fn every_query_in_the_readme_runs_and_answers() {
     let _sb = nights(&w).await;
     let queries = readme_queries();
     assert!(
-        queries.len() >= 6,
-        "the README documents {} queries",
+        queries.len() >= 12,
+        "the README and docs/audit-db.md document {} queries",
         queries.len()
     );
     let db = w.db().await;
