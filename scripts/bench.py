@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """convoy's benchmarks, against the sandbox on loopback (no network).
 
-    python3 scripts/bench.py [throughput|memory|rate|auto|realworld|sandbox|status|plan|audit|resume|all]
+    python3 scripts/bench.py [throughput|memory|rate|auto|realworld|sandbox|status|report|plan|audit|resume|all]
 
 throughput: 100,000 generated rows, --concurrency 64, no rate limit, full
             audit and snapshots on; rows/s of the whole `convoy run`
@@ -34,6 +34,8 @@ sandbox:    the sandbox's capacity on loopback: `wrk` (Debian's package)
             2 cores.
 status:     `convoy status` and `convoy status NAME` on a database of 1,000
             batches and 1,000,000 audit rows (1% failed, with attempts).
+report:     `convoy report` of one batch of 1,000,000 rows sent over an
+            hour: the page's time and size.
 plan:       `convoy plan` of 10,000 rows over 2,500 conversations (2,000
             Attention, 500 VG), each conversation already holding half of
             its rows' values: reads made (must be 2,500: one per
@@ -262,6 +264,62 @@ def status(work, figures):
 
     figures.append(("`convoy status`, 1,000 batches, 1,000,000 rows", f"{best_of(['status']) * 1000:.0f} ms (best of 5)", "well under 1 s"))
     figures.append(("`convoy status NAME --json` (a batch with 100 failures)", f"{best_of(['status', 'nightly-0990', '--json']) * 1000:.0f} ms", "well under 1 s"))
+
+
+def report_cost(work, figures):
+    """`convoy report` of one batch of 1,000,000 rows sent over an hour (a
+    429 for 1 in 100 rows, a 404 for 1 in 200), with a pacing sample a
+    second: the page's time and size."""
+    import sqlite3
+    db = os.path.join(work, "report.db")
+    sb = Sandbox("--no-log")
+    try:  # a real run makes the schema
+        subprocess.run([BIN, "--db", db, "--quiet", "run", os.path.join(ROOT, "samples", "nightly.csv"), "--batch", "seed"],
+                       env=sb.env(), capture_output=True, check=False)
+    finally:
+        sb.stop()
+    c = sqlite3.connect(db)
+    c.execute("PRAGMA synchronous = OFF")
+    start_ms = 1_767_000_000_000
+    day = lambda ms: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
+    c.execute("INSERT INTO batches (id, source, source_kind, columns, status, created_at, finished_at, options, send_seconds, exit_code) "
+              "VALUES ('big', 'nightly.csv', 'csv', '[]', 'failed', ?, ?, '{}', 3600.0, 1)", (day(start_ms), day(start_ms + 3_600_000)))
+    (no,) = c.execute("SELECT no FROM batches WHERE id = 'big'").fetchone()
+    n = 1_000_000
+    rows, attempts = [], []
+    for r in range(n):
+        api = "vg" if r % 4 == 3 else "attention"
+        t = start_ms + r * 3600 // 1000
+        failed = r % 200 == 0
+        limited = r % 100 == 1
+        rows.append((no, f"r{r}", r + 1, "h", "attention.update" if api == "attention" else "vg.update", api, f"c{r % 5000}",
+                     "PUT", "https://x/", "failed" if failed else "succeeded", 2 if limited else 1, 404 if failed else 200,
+                     f'HTTP 404 Not Found: conversation "c{r}" not found' if failed else None, t, t + 40, 1))
+        if limited:
+            attempts.append((no, f"r{r}", 1, t, 30, 429))
+            attempts.append((no, f"r{r}", 2, t + 1000, 40 + r % 60, 200))
+        else:
+            attempts.append((no, f"r{r}", 1, t, 20 + r % 90, 404 if failed else 200))
+    c.executemany("INSERT INTO audit_rows (batch_no, row_key, row_number, row_hash, op, api, conversation_id, method, url, status, "
+                  "attempts, http_status, error, started_ms, finished_ms, pass) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+    c.executemany("INSERT INTO audit_attempts (batch_no, row_key, attempt, started_ms, duration_ms, http_status) VALUES (?,?,?,?,?,?)", attempts)
+    c.executemany("INSERT INTO pacing_samples (batch_no, pass, api, at_ms, pace, learned, in_flight, held) VALUES (?,?,?,?,?,?,?,?)",
+                  [(no, 1, api, start_ms + s * 1000, rate, rate * 1.01, 8, 1 if s % 600 == 5 else 0)
+                   for s in range(3600) for api, rate in (("attention", 210.0), ("vg", 70.0))])
+    c.commit()
+    c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    c.close()
+    page = os.path.join(work, "big.html")
+    best = None
+    for _ in range(3):
+        t0 = time.monotonic()
+        subprocess.run([BIN, "--db", db, "report", "big", "--output", page], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=True)
+        t = time.monotonic() - t0
+        best = t if best is None else min(best, t)
+    size = os.path.getsize(page)
+    figures.append(("`convoy report` of a batch of 1,000,000 rows sent over an hour", f"{best:.1f} s (best of 3), {size / 1024:.0f} KB",
+                    "a few seconds, at most a few MB"))
 
 
 def set_limit(sb, per_second):
@@ -575,6 +633,8 @@ def main():
             sandbox_capacity(work, figures)
         if what in ("status", "all"):
             status(work, figures)
+        if what in ("report", "all"):
+            report_cost(work, figures)
         if what in ("audit", "all"):
             arg = sys.argv[2] if len(sys.argv) > 2 else None
             sizes = {"20k": [20_000], "200k": [200_000], "1m": [1_000_000]}.get(arg, [20_000, 200_000, 1_000_000])

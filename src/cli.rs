@@ -36,6 +36,8 @@ pub enum Command {
     Undo(crate::cmd::undo::UndoArgs),
     /// Show all batches, or one batch in detail.
     Status(crate::cmd::status::StatusArgs),
+    /// Draw a batch (the latest by default) as one self-contained HTML page.
+    Report(crate::cmd::report::ReportArgs),
     /// Remove old batches' bulk (or rows) from the audit database and give the space back.
     Prune(crate::cmd::prune::PruneArgs),
     /// Export a batch's failed, invalid and pending rows as CSV, ready to fix and run again.
@@ -69,6 +71,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode, crate::cmd::Error> {
         Command::Apply(a) => crate::cmd::apply::run(&global(&a.out.db, a.out.quiet.quiet), a).await,
         Command::Undo(a) => crate::cmd::undo::run(&global(&a.out.db, a.out.quiet.quiet), a).await,
         Command::Status(a) => crate::cmd::status::run(&global(&a.db, false), a).await,
+        Command::Report(a) => crate::cmd::report::run(&global(&a.db, false), a).await,
         Command::Prune(a) => crate::cmd::prune::run(&global(&a.db, false), a).await,
         Command::Failures(a) => crate::cmd::failures::run(&global(&a.db, false), a).await,
         Command::Sandbox(a) => crate::cmd::sandbox::run(a).await,

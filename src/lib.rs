@@ -20,6 +20,7 @@
 //! | `send` | the send phase: one lane per API (reader, in-flight limit, pacer), per-conversation order, retries, HTTP verdicts, outages and the breaker, reads of live state |
 //! | `progress` | the progress bar and plain progress lines |
 //! | `plan` | the plan phase, and reconciling a resumed batch with its source |
+//! | `report` | a finished batch as one HTML page (`report::page`) and as Prometheus metrics (`report::metrics`) |
 //! | `undo` | building an undo batch: the calls that put a batch's reversible fields back, and what cannot be undone |
 //! | [`sandbox`] | the local simulator of both APIs and its limiter shapes |
 //! | [`cmd`] | one module per command, their shared flags (`cmd::args`) and the error model |
@@ -36,6 +37,7 @@ pub mod output;
 pub(crate) mod pacer;
 pub(crate) mod plan;
 pub(crate) mod progress;
+pub(crate) mod report;
 pub mod sandbox;
 pub(crate) mod send;
 pub(crate) mod source;

@@ -39,6 +39,18 @@ impl Tally {
         self.add(RowStatus::parse(status).unwrap_or(RowStatus::Invalid), n);
     }
 
+    /// Adds another tally's rows to this one.
+    pub fn merge(&mut self, o: &Tally) {
+        self.rows += o.rows;
+        self.pending += o.pending;
+        self.in_flight += o.in_flight;
+        self.succeeded += o.succeeded;
+        self.failed += o.failed;
+        self.invalid += o.invalid;
+        self.held += o.held;
+        self.skipped += o.skipped;
+    }
+
     /// Rows that did not end as the user wanted: failed, invalid, held or still to send.
     pub fn unfinished(&self) -> u64 {
         self.failed + self.invalid + self.held + self.pending + self.in_flight
@@ -216,7 +228,7 @@ pub async fn load<O: serde::de::DeserializeOwned>(
 /// Starts a new pass of a recorded batch: `running`, this process, the new options.
 pub async fn begin_pass(db: &Db, id: &str, options: &impl Serialize) -> anyhow::Result<i64> {
     let (pass,): (i64,) = sqlx::query_as(
-        "UPDATE batches SET passes = passes + 1, status = 'running', finished_at = NULL, pid = ?2, options = ?3 \
+        "UPDATE batches SET passes = passes + 1, status = 'running', finished_at = NULL, exit_code = NULL, pid = ?2, options = ?3 \
          WHERE id = ?1 RETURNING passes",
     )
     .bind(id)
@@ -264,4 +276,25 @@ pub async fn batch_exists(db: &Db, id: &str) -> anyhow::Result<bool> {
         .fetch_optional(&db.pool)
         .await?;
     Ok(n.is_some())
+}
+
+/// The exit code of the batch's last run, resume or apply.
+pub async fn set_exit_code(db: &Db, id: &str, code: u8) -> anyhow::Result<()> {
+    sqlx::query("UPDATE batches SET exit_code = ?2 WHERE id = ?1")
+        .bind(id)
+        .bind(i64::from(code))
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
+
+/// When the latest batch that completed (every row succeeded or skipped)
+/// finished, in milliseconds since 1970.
+pub async fn last_completed_ms(db: &Db) -> anyhow::Result<Option<i64>> {
+    Ok(sqlx::query_scalar(
+        "SELECT CAST(round((julianday(max(finished_at)) - 2440587.5) * 86400000.0) AS INTEGER) \
+         FROM batches WHERE status = 'completed'",
+    )
+    .fetch_one(&db.pool)
+    .await?)
 }

@@ -25,6 +25,7 @@ mod learned;
 pub mod prune;
 pub mod report;
 mod rows;
+pub mod timeline;
 mod writer;
 
 pub use batches::*;

@@ -90,7 +90,7 @@ pub async fn strip(db: &Db, batch_id: &str) -> anyhow::Result<u64> {
     Ok(total)
 }
 
-/// Removes a batch's rows, attempts and reads (but the rows that hold a
+/// Removes a batch's rows, attempts, reads and pacing samples (but the rows that hold a
 /// conversation's latest snapshot); its line in `batches` stays, marked.
 /// Returns the rows removed.
 pub async fn remove(db: &Db, batch_id: &str) -> anyhow::Result<u64> {
@@ -100,6 +100,9 @@ pub async fn remove(db: &Db, batch_id: &str) -> anyhow::Result<u64> {
            (SELECT batch_no, row_key, attempt FROM audit_attempts \
             WHERE batch_no = (SELECT no FROM batches WHERE id = ?1) LIMIT ?2)",
         "DELETE FROM reads WHERE rowid IN (SELECT rowid FROM reads WHERE batch_id = ?1 LIMIT ?2)",
+        "DELETE FROM pacing_samples WHERE (batch_no, pass, api, at_ms) IN \
+           (SELECT batch_no, pass, api, at_ms FROM pacing_samples \
+            WHERE batch_no = (SELECT no FROM batches WHERE id = ?1) LIMIT ?2)",
         "DELETE FROM audit_rows WHERE rowid IN (SELECT a.rowid FROM audit_rows a \
            WHERE a.batch_no = (SELECT no FROM batches WHERE id = ?1) \
            AND NOT EXISTS (SELECT 1 FROM conversations c WHERE c.batch_id = ?1 AND c.row_key = a.row_key) LIMIT ?2)",

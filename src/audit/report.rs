@@ -183,6 +183,9 @@ pub struct Detail {
     /// `paused_seconds`, `in_flight_budget`, `max_in_flight`, `latency_ms`,
     /// `bound`).
     pub pacing: Option<serde_json::Value>,
+    /// The exit code of the batch's last run, resume or apply (`null` before
+    /// convoy recorded it, or while it runs).
+    pub exit_code: Option<i64>,
 }
 
 /// A batch's reads of live state and what they decided.
@@ -301,8 +304,8 @@ pub async fn detail(db: &Db, id: &str) -> anyhow::Result<Option<Detail>> {
     let Some(line) = batches(db, Some(id)).await?.pop() else {
         return Ok(None);
     };
-    let (source, passes): (String, i64) = sqlx::query_as(
-        "SELECT source || CASE WHEN source_table IS NULL THEN '' ELSE ' (table ' || source_table || ')' END, passes \
+    let (source, passes, exit_code): (String, i64, Option<i64>) = sqlx::query_as(
+        "SELECT source || CASE WHEN source_table IS NULL THEN '' ELSE ' (table ' || source_table || ')' END, passes, exit_code \
          FROM batches WHERE id = ?1",
     )
     .bind(id)
@@ -371,6 +374,7 @@ pub async fn detail(db: &Db, id: &str) -> anyhow::Result<Option<Detail>> {
             .fetch_one(&db.pool)
             .await?
             .and_then(|p| serde_json::from_str(&p).ok()),
+        exit_code,
     }))
 }
 

@@ -22,6 +22,9 @@ pub struct ApplyArgs {
 
     #[command(flatten)]
     pub out: BatchOutput,
+
+    #[command(flatten)]
+    pub metrics: super::args::MetricsArg,
 }
 
 /// A plan older than this is applied with a warning.
@@ -88,6 +91,5 @@ pub async fn run(g: &Global, a: ApplyArgs) -> Result<ExitCode, super::Error> {
         endpoints: &endpoints,
     };
     let code = send_batch(g, &b, &plan, sandbox.is_some(), true, cancel).await?;
-    super::print_json(a.out.json, &db, &rec.id).await?;
-    Ok(code)
+    super::batch_done(&a.out, &a.metrics, &db, &rec.id, code).await
 }

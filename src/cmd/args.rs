@@ -49,6 +49,14 @@ pub struct BatchOutput {
     pub quiet: QuietArg,
 }
 
+/// `--metrics FILE`, for the commands that send a batch.
+#[derive(Debug, Args, Clone, Default)]
+pub struct MetricsArg {
+    /// Write the finished batch's figures to FILE in the Prometheus text format, for node_exporter's textfile collector (written to FILE.tmp, then renamed)
+    #[arg(long, value_name = "FILE", help_heading = "Audit and output")]
+    pub metrics: Option<std::path::PathBuf>,
+}
+
 /// `--quiet`, for the commands that show progress.
 #[derive(Debug, Args, Clone, Default)]
 pub struct QuietArg {

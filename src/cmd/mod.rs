@@ -9,6 +9,7 @@ pub mod completions;
 pub mod failures;
 pub mod plan;
 pub mod prune;
+pub mod report;
 pub mod resume;
 pub mod run;
 pub mod sandbox;
@@ -179,12 +180,33 @@ pub fn on_signals(cancel: CancellationToken, batch_id: String) {
     });
 }
 
-/// `--json`: the finished batch, as `convoy status NAME --json` prints it.
-pub async fn print_json(json: bool, db: &audit::Db, id: &str) -> Result<(), Error> {
-    if json && let Some(detail) = crate::audit::report::detail(db, id).await? {
+/// After a batch's run, resume or apply: its exit code recorded, `--json`
+/// (the finished batch, as `convoy status NAME --json` prints it) and
+/// `--metrics FILE`. A metrics file that cannot be written is said on
+/// stderr; the batch's own exit code stands.
+pub async fn batch_done(
+    out: &args::BatchOutput,
+    metrics: &args::MetricsArg,
+    db: &audit::Db,
+    id: &str,
+    code: u8,
+) -> Result<ExitCode, Error> {
+    audit::set_exit_code(db, id, code).await?;
+    if out.json
+        && let Some(detail) = crate::audit::report::detail(db, id).await?
+    {
         crate::output::json(&detail)?;
     }
-    Ok(())
+    if let Some(path) = &metrics.metrics
+        && let Some(night) = crate::report::night(db, id).await?
+    {
+        let last = audit::last_completed_ms(db).await?;
+        let text = crate::report::metrics::text(&night, last);
+        if let Err(e) = crate::report::metrics::write(path, &text) {
+            crate::errln!("error: cannot write --metrics {}: {e}", path.display());
+        }
+    }
+    Ok(ExitCode::from(code))
 }
 
 /// A signal came while the rows were being read: what was planned is kept,
@@ -220,7 +242,7 @@ pub async fn send_batch(
     on_sandbox: bool,
     check_order: bool,
     cancel: CancellationToken,
-) -> Result<ExitCode, Error> {
+) -> Result<u8, Error> {
     let Batch {
         db,
         id: batch_id,
@@ -247,7 +269,7 @@ pub async fn send_batch(
         audit::set_status(db, batch_id, audit::BatchStatus::Failed).await?;
         crate::errln!("error: {e}");
         crate::errln!("nothing was sent; once it is set, `convoy resume {q}` sends the batch");
-        return Ok(ExitCode::from(exit::USAGE));
+        return Ok(exit::USAGE);
     }
     if options.strict && plan.invalid > 0 {
         audit::set_status(db, batch_id, audit::BatchStatus::Failed).await?;
@@ -255,7 +277,7 @@ pub async fn send_batch(
             "--strict: {} invalid row(s), so nothing was sent; fix them (`convoy failures {q}`) and `convoy resume {q}`",
             plan.invalid
         );
-        return Ok(ExitCode::from(exit::STOPPED));
+        return Ok(exit::STOPPED);
     }
     // From here on calls have gone out: a failure is "stopped early" (exit 3), never 2.
     let report = match send::phase(b, cancel, g.quiet, to_send).await {
@@ -273,7 +295,7 @@ pub async fn send_batch(
                     ""
                 }
             );
-            return Ok(ExitCode::from(exit::STOPPED));
+            return Ok(exit::STOPPED);
         }
     };
     finish(b, &report, held, on_sandbox)
@@ -287,7 +309,7 @@ async fn finish(
     report: &send::ExecReport,
     held: u64,
     on_sandbox: bool,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<u8> {
     let Batch {
         db,
         id: batch_id,
@@ -389,20 +411,20 @@ async fn finish(
                 .load(std::sync::atomic::Ordering::Relaxed),
             tally.pending
         );
-        return Ok(ExitCode::from(exit::OK));
+        return Ok(exit::OK);
     }
     if report.interrupted {
         crate::outln!("interrupted: `convoy resume {q}` sends the rest");
-        return Ok(ExitCode::from(exit::INTERRUPTED));
+        return Ok(exit::INTERRUPTED);
     }
     if !report.stops.is_empty() {
-        return Ok(ExitCode::from(exit::STOPPED));
+        return Ok(exit::STOPPED);
     }
     if tally.unfinished() > 0 {
         crate::outln!(
             "next: `convoy failures {q} --output fix.csv` to fix them, or `convoy status {q}`"
         );
-        return Ok(ExitCode::from(exit::ROWS_FAILED));
+        return Ok(exit::ROWS_FAILED);
     }
-    Ok(ExitCode::from(exit::OK))
+    Ok(exit::OK)
 }

@@ -26,6 +26,9 @@ pub struct ResumeArgs {
 
     #[command(flatten)]
     pub out: super::args::BatchOutput,
+
+    #[command(flatten)]
+    pub metrics: super::args::MetricsArg,
 }
 
 pub async fn run(g: &Global, a: ResumeArgs) -> Result<ExitCode, super::Error> {
@@ -154,6 +157,5 @@ pub async fn run(g: &Global, a: ResumeArgs) -> Result<ExitCode, super::Error> {
         endpoints: &endpoints,
     };
     let code = send_batch(g, &b, &plan, sandbox.is_some(), true, cancel).await?;
-    super::print_json(a.out.json, &db, &rec.id).await?;
-    Ok(code)
+    super::batch_done(&a.out, &a.metrics, &db, &rec.id, code).await
 }

@@ -29,6 +29,9 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub out: super::args::BatchOutput,
+
+    #[command(flatten)]
+    pub metrics: super::args::MetricsArg,
 }
 
 pub async fn run(g: &Global, a: RunArgs) -> Result<ExitCode, super::Error> {
@@ -88,8 +91,7 @@ pub async fn run(g: &Global, a: RunArgs) -> Result<ExitCode, super::Error> {
         endpoints: &endpoints,
     };
     let code = send_batch(g, &b, &plan, sandbox.is_some(), from_export, cancel).await?;
-    super::print_json(a.out.json, &db, &name).await?;
-    Ok(code)
+    super::batch_done(&a.out, &a.metrics, &db, &name, code).await
 }
 
 /// `--batch NAME`: 1 to 200 characters.

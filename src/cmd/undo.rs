@@ -36,6 +36,9 @@ pub struct UndoArgs {
 
     #[command(flatten)]
     pub out: BatchOutput,
+
+    #[command(flatten)]
+    pub metrics: super::args::MetricsArg,
 }
 
 /// How many lines of each list are printed before "... and N more".
@@ -176,11 +179,12 @@ pub async fn run(g: &Global, a: UndoArgs) -> Result<ExitCode, super::Error> {
             );
         }
     }
-    super::print_json(a.out.json, &db, &name).await?;
-    if code == ExitCode::from(exit::OK) && !conflicts.is_empty() {
-        return Ok(ExitCode::from(exit::ROWS_FAILED));
-    }
-    Ok(code)
+    let code = if code == exit::OK && !conflicts.is_empty() {
+        exit::ROWS_FAILED
+    } else {
+        code
+    };
+    super::batch_done(&a.out, &a.metrics, &db, &name, code).await
 }
 
 fn show_irreversible(list: &[undo::Irreversible]) {

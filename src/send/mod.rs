@@ -28,6 +28,7 @@ mod row;
 pub use health::{BreakerRule, Stop, StopReason};
 pub use lane::{AUTO_MAX_IN_FLIGHT, ApiLane, LanePacing};
 
+use crate::audit::timeline::{self, Held, Sample};
 use crate::audit::{self, Db, Writer, tally};
 use crate::call::Endpoints;
 use crate::edit::Api;
@@ -239,6 +240,28 @@ impl Executor {
             .collect()
     }
 
+    /// One API's pacing now.
+    fn sample(&self, api: Api) -> Sample {
+        let lane = self.lane(api);
+        let held = if lane.stopped.load(Relaxed) {
+            Held::Stopped
+        } else if lane.outage().is_down() {
+            Held::Down
+        } else if lane.pacer.paused_for().is_some() {
+            Held::Paused
+        } else {
+            Held::No
+        };
+        Sample {
+            api,
+            at_ms: audit::now_ms(),
+            pace: lane.pacer.rate(),
+            learned: lane.pacer.learned(),
+            in_flight: u32::try_from(lane.on_wire.load(Relaxed)).unwrap_or(u32::MAX),
+            held,
+        }
+    }
+
     /// What bounds each API now, for the progress line: stopped, paused by
     /// a `Retry-After`, its pace (and where the pace comes from), or its
     /// calls in flight against their budget.
@@ -373,6 +396,8 @@ pub async fn phase(
         None => None,
     };
     let started = std::time::Instant::now();
+    let sampling = CancellationToken::new();
+    let sampler = tokio::spawn(sample_pacing(executor.clone(), sampling.clone()));
     // One lane per API: its own reader (its rows in source order) and its
     // own loop, so neither API ever waits for the other.
     let lanes = Api::ALL.map(|api| {
@@ -416,6 +441,8 @@ pub async fn phase(
         .collect();
     // The progress ticker holds the executor (and so the recorder): stop it first.
     progress.finish();
+    sampling.cancel();
+    let samples = sampler.await.unwrap_or_default();
     drop(executor);
     drop(recorder);
     let written = writer
@@ -431,6 +458,7 @@ pub async fn phase(
     }
     audit::truncate_wal(db).await;
     audit::record_pacing(db, batch_id, &serde_json::to_string(&pacing)?).await?;
+    timeline::record_samples(db, batch_id, pass, &samples).await?;
     for (api, pacer) in Api::ALL.into_iter().zip(pacers) {
         let rate = pacer.learned().filter(|r| crate::pacer::sane_rate(*r));
         let base = &endpoints.get(api).base;
@@ -445,6 +473,27 @@ pub async fn phase(
         elapsed,
         interrupted: cancel.is_cancelled(),
     })
+}
+
+/// Each API's pacing once a second until `stop` (and once more then), for
+/// `convoy report`'s timeline; an API that made no call is left out.
+async fn sample_pacing(executor: Arc<Executor>, stop: CancellationToken) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let last = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stop.cancelled() => true,
+        };
+        samples.extend(Api::ALL.map(|api| executor.sample(api)));
+        if last {
+            break;
+        }
+    }
+    let silent = Api::ALL.map(|api| executor.lane(api).calls.load(Relaxed) == 0);
+    samples.retain(|s| !silent[s.api as usize]);
+    samples
 }
 
 fn http_client(o: &Options) -> anyhow::Result<reqwest::Client> {

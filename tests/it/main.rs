@@ -7,6 +7,7 @@
 //! - `hardening`: the bad-input corpus, the fault matrix, secrets
 //! - `props`: property tests: arbitrary rows never panic and never escape their path
 //! - `report`: status, failures export and every README query, run for real
+//! - `night_report`: `convoy report` (the HTML page) and `--metrics`, parsed and checked against the audit
 //! - `live`: plan and apply, --skip-unchanged, --changed-only, resume settling in-doubt rows by reading
 //! - `sandbox`: the simulator itself, and the whole pipeline through its faults
 //! - `storage`: how the audit database stores its facts, and upgrades to it
@@ -16,6 +17,7 @@ mod concurrency;
 mod hardening;
 mod lanes;
 mod live;
+mod night_report;
 mod operations;
 mod props;
 mod regressions;
