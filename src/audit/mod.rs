@@ -81,6 +81,8 @@ pub enum ClaimError {
 
 /// The page size of a new audit database.
 const PAGE_SIZE: u32 = 16 * 1024;
+/// Connections in the pool: the writer's, and readers beside it.
+const CONNECTIONS: u32 = 4;
 
 impl Db {
     /// Opens (creating and migrating) the audit database. Two processes
@@ -90,6 +92,23 @@ impl Db {
     /// refused before anything is written to it.
     pub async fn open(path: &Path) -> anyhow::Result<Db> {
         Db::open_with(path, || {}).await
+    }
+
+    /// Lets every connection read the file through memory-mapped I/O (up
+    /// to 256 MB of it), for a command that only reads much of it (a report
+    /// of a large batch: a third of the time, and most of the system time,
+    /// went to reading pages otherwise). Its pages then count in the
+    /// process's resident memory, so batches never use it.
+    pub async fn map_for_reading(&self) {
+        let mut held = Vec::new();
+        for _ in 0..CONNECTIONS {
+            if let Ok(mut c) = self.pool.acquire().await {
+                let _ = sqlx::query("PRAGMA mmap_size = 268435456")
+                    .execute(&mut *c)
+                    .await;
+                held.push(c);
+            }
+        }
     }
 
     /// [`Db::open`], calling `before_rewrite` first when the upgrade is one
@@ -133,7 +152,7 @@ impl Db {
             .busy_timeout(Duration::from_secs(30))
             .pragma("foreign_keys", "OFF");
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(CONNECTIONS)
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open the audit database {}", path.display()))?;

@@ -301,6 +301,13 @@ pub async fn learned_rates(db: &Db) -> anyhow::Result<Vec<LearnedRate>> {
 }
 
 pub async fn detail(db: &Db, id: &str) -> anyhow::Result<Option<Detail>> {
+    detail_with(db, id, true).await
+}
+
+/// [`detail`], with its `attempts` and `not_json` counted only when `full`
+/// (a page does not show them; on a batch of a million rows they are a
+/// second and a half of the time).
+pub async fn detail_with(db: &Db, id: &str, full: bool) -> anyhow::Result<Option<Detail>> {
     let Some(line) = batches(db, Some(id)).await?.pop() else {
         return Ok(None);
     };
@@ -328,6 +335,31 @@ pub async fn detail(db: &Db, id: &str) -> anyhow::Result<Option<Detail>> {
             }
         }
     }
+    let attempts = match full {
+        true => attempts_of(db, id).await?,
+        false => Attempts::default(),
+    };
+    Ok(Some(Detail {
+        line,
+        source,
+        passes,
+        by_op,
+        attempts,
+        clusters: clusters(db, id).await?,
+        learned_rates: learned_rates(db).await?,
+        not_json: if full { not_json(db, id).await? } else { 0 },
+        live: live_counts(db, id).await?,
+        pacing: sqlx::query_scalar::<_, Option<String>>("SELECT pacing FROM batches WHERE id = ?1")
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await?
+            .and_then(|p| serde_json::from_str(&p).ok()),
+        exit_code,
+    }))
+}
+
+/// A batch's HTTP attempts: in all, retries, by answer and by API.
+async fn attempts_of(db: &Db, id: &str) -> anyhow::Result<Attempts> {
     let by_status: Vec<(Option<i64>, i64)> = sqlx::query_as(
         "SELECT http_status, count(*) FROM attempts WHERE batch_id = ?1 GROUP BY http_status ORDER BY count(*) DESC",
     )
@@ -347,7 +379,7 @@ pub async fn detail(db: &Db, id: &str) -> anyhow::Result<Option<Detail>> {
             .fetch_one(&db.pool)
             .await?;
     let total: u64 = by_status.iter().map(|(_, n)| *n as u64).sum();
-    let attempts = Attempts {
+    Ok(Attempts {
         total,
         retries: total.saturating_sub(rows_tried as u64),
         by_status: by_status
@@ -358,24 +390,7 @@ pub async fn detail(db: &Db, id: &str) -> anyhow::Result<Option<Detail>> {
             .into_iter()
             .map(|(a, n)| (a.unwrap_or_default(), n as u64))
             .collect(),
-    };
-    Ok(Some(Detail {
-        line,
-        source,
-        passes,
-        by_op,
-        attempts,
-        clusters: clusters(db, id).await?,
-        learned_rates: learned_rates(db).await?,
-        not_json: not_json(db, id).await?,
-        live: live_counts(db, id).await?,
-        pacing: sqlx::query_scalar::<_, Option<String>>("SELECT pacing FROM batches WHERE id = ?1")
-            .bind(id)
-            .fetch_one(&db.pool)
-            .await?
-            .and_then(|p| serde_json::from_str(&p).ok()),
-        exit_code,
-    }))
+    })
 }
 
 /// Rows of a batch that succeeded with a body that is not JSON.

@@ -4,7 +4,6 @@
 
 use super::Db;
 use crate::edit::Api;
-use futures::TryStreamExt;
 
 /// One API's pacing at one moment of a pass.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,40 +97,65 @@ pub async fn samples(db: &Db, batch_id: &str) -> anyhow::Result<Vec<Sample>> {
         .collect())
 }
 
-/// One HTTP attempt of a batch's rows.
+/// The attempts of a batch's rows that share an API, the second they were
+/// sent in, their whole seconds on the wire and their answer: a night of a
+/// million calls is a few thousand of these, summed by SQLite.
 #[derive(Debug, Clone, Copy)]
-pub struct Call {
+pub struct Calls {
     pub api: Api,
-    /// Milliseconds since 1970.
-    pub started_ms: i64,
-    pub duration_ms: Option<i64>,
+    /// Seconds since 1970.
+    pub second: i64,
+    /// Whole seconds on the wire (each call's, rounded down).
+    pub wire_seconds: i64,
     /// `None`: no answer (a timeout, a connection error).
     pub http_status: Option<u16>,
+    pub count: u64,
+    /// Their time on the wire, summed.
+    pub wire_ms: i64,
 }
 
-/// Calls `each` with every attempt of the batch, streamed from the database.
-pub async fn for_each_call(
-    db: &Db,
-    batch_id: &str,
-    mut each: impl FnMut(Call),
-) -> anyhow::Result<()> {
-    let mut rows = sqlx::query_as::<_, (Option<String>, i64, Option<i64>, Option<i64>)>(
-        "SELECT r.api, t.started_ms, t.duration_ms, t.http_status \
+/// A batch's attempts, grouped as [`Calls`].
+pub async fn calls(db: &Db, batch_id: &str) -> anyhow::Result<Vec<Calls>> {
+    /// `api, second, wire_seconds, http_status, count, wire_ms`, as summed.
+    type Row = (Option<String>, i64, i64, Option<i64>, i64, i64);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT r.api, t.started_ms / 1000, COALESCE(t.duration_ms, 0) / 1000, t.http_status, \
+                count(*), sum(COALESCE(t.duration_ms, 0)) \
          FROM audit_attempts t JOIN audit_rows r ON r.batch_no = t.batch_no AND r.row_key = t.row_key \
-         WHERE t.batch_no = (SELECT no FROM batches WHERE id = ?1)",
+         WHERE t.batch_no = (SELECT no FROM batches WHERE id = ?1) GROUP BY 1, 2, 3, 4",
     )
     .bind(batch_id)
-    .fetch(&db.pool);
-    while let Some((api, started_ms, duration_ms, status)) = rows.try_next().await? {
-        let Some(api) = api.as_deref().and_then(Api::parse) else {
-            continue;
-        };
-        each(Call {
-            api,
-            started_ms,
-            duration_ms,
-            http_status: status.and_then(|s| u16::try_from(s).ok()),
-        });
-    }
-    Ok(())
+    .fetch_all(&db.pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(api, second, wire_seconds, status, count, wire_ms)| {
+            Some(Calls {
+                api: Api::parse(api.as_deref()?)?,
+                second,
+                wire_seconds,
+                http_status: status.and_then(|s| u16::try_from(s).ok()),
+                count: count as u64,
+                wire_ms,
+            })
+        })
+        .collect())
+}
+
+/// How many of a batch's answered attempts took each whole number of
+/// milliseconds, per API.
+pub async fn latencies(db: &Db, batch_id: &str) -> anyhow::Result<Vec<(Api, u64, u64)>> {
+    let rows: Vec<(Option<String>, i64, i64)> = sqlx::query_as(
+        "SELECT r.api, t.duration_ms, count(*) \
+         FROM audit_attempts t JOIN audit_rows r ON r.batch_no = t.batch_no AND r.row_key = t.row_key \
+         WHERE t.batch_no = (SELECT no FROM batches WHERE id = ?1) \
+           AND t.http_status IS NOT NULL AND t.duration_ms IS NOT NULL GROUP BY 1, 2",
+    )
+    .bind(batch_id)
+    .fetch_all(&db.pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(api, ms, n)| Some((Api::parse(api.as_deref()?)?, ms.max(0) as u64, n as u64)))
+        .collect())
 }

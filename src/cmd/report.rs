@@ -37,6 +37,7 @@ pub async fn run(g: &Global, a: ReportArgs) -> Result<ExitCode, super::Error> {
         );
         return Ok(ExitCode::from(exit::USAGE));
     }
+    db.map_for_reading().await;
     let night = report::night(&db, &name)
         .await?
         .ok_or_else(|| usage(format!("no batch named {q}; `convoy status` lists them")))?;

@@ -3,9 +3,11 @@
 //! as one self-contained HTML page ([`page`]) or written for a scheduler in
 //! the Prometheus text format ([`metrics`]).
 //!
-//! Everything is aggregated per second (or per a few seconds on a long
-//! night: at most [`MAX_BINS`] bins a chart), never one element per row, so
-//! a night of a million rows draws a page of the same size as a short one.
+//! Everything is aggregated per second by SQLite (and drawn per a few
+//! seconds on a long night: at most [`MAX_BINS`] bins a chart), never one
+//! element per row, so a night of a million rows draws a page of the same
+//! size as a short one. A call's time on the wire is counted from the
+//! start of the second it was sent in.
 
 pub mod metrics;
 pub mod page;
@@ -97,27 +99,32 @@ pub async fn latest(db: &Db) -> anyhow::Result<Option<String>> {
         .map(|l| l.batch.clone()))
 }
 
-/// Gathers batch `id`'s night; `None` when there is no such batch.
+/// Gathers batch `id`'s night; `None` when there is no such batch. Its
+/// parts are read side by side (SQLite reads on several connections).
 pub async fn night(db: &Db, id: &str) -> anyhow::Result<Option<Night>> {
-    let Some(detail) = report::detail(db, id).await? else {
+    let (detail, samples, calls, latencies) = tokio::try_join!(
+        report::detail_with(db, id, false),
+        timeline::samples(db, id),
+        timeline::calls(db, id),
+        timeline::latencies(db, id),
+    )?;
+    let Some(detail) = detail else {
         return Ok(None);
     };
-    let samples = timeline::samples(db, id).await?;
-    // First pass: the span of the night, and every call's figures per API.
-    let mut calls: [Vec<timeline::Call>; 2] = [Vec::new(), Vec::new()];
-    timeline::for_each_call(db, id, |c| calls[c.api as usize].push(c)).await?;
-    let starts = calls.iter().flatten().map(|c| c.started_ms);
-    let ends = calls
+    // Every timeline starts at the first call's (or sample's) whole second.
+    let first = calls
         .iter()
-        .flatten()
-        .map(|c| c.started_ms + c.duration_ms.unwrap_or(0));
-    let sample_times = samples.iter().map(|s| s.at_ms);
-    let origin_ms = starts
-        .clone()
-        .chain(sample_times.clone())
+        .map(|c| c.second * 1000)
+        .chain(samples.iter().map(|s| s.at_ms))
         .min()
         .unwrap_or(0);
-    let end_ms = ends.chain(sample_times).max().unwrap_or(origin_ms);
+    let origin_ms = first.div_euclid(1000) * 1000;
+    let end_ms = calls
+        .iter()
+        .map(|c| (c.second + c.wire_seconds + 1) * 1000)
+        .chain(samples.iter().map(|s| s.at_ms))
+        .max()
+        .unwrap_or(origin_ms);
     let span_s = (end_ms - origin_ms) / 1000 + 1;
     let bin_seconds = ((span_s + MAX_BINS - 1) / MAX_BINS).max(1);
     let bins_n = (span_s + bin_seconds - 1) / bin_seconds;
@@ -125,38 +132,34 @@ pub async fn night(db: &Db, id: &str) -> anyhow::Result<Option<Night>> {
     let pacing = detail.pacing.as_ref().and_then(|p| p.as_array());
     let mut apis = Vec::new();
     for api in Api::ALL {
-        let mine = &calls[api as usize];
         let samples: Vec<Sample> = samples.iter().filter(|s| s.api == api).cloned().collect();
+        let mine: Vec<&timeline::Calls> = calls.iter().filter(|c| c.api == api).collect();
         if mine.is_empty() && samples.is_empty() {
             continue;
         }
         let mut bins = vec![Bin::default(); bins_n as usize];
-        let mut durations: Vec<u64> = Vec::with_capacity(mine.len());
         let mut responses: std::collections::BTreeMap<Option<u16>, u64> = Default::default();
         for c in mine {
-            let i = ((c.started_ms - origin_ms) / bin_ms) as usize;
+            let from = c.second * 1000 - origin_ms;
+            let i = (from / bin_ms) as usize;
             let Some(bin) = bins.get_mut(i) else { continue };
-            bin.sent += 1;
-            *responses.entry(c.http_status).or_default() += 1;
+            bin.sent += c.count;
+            *responses.entry(c.http_status).or_default() += c.count;
             match c.http_status {
-                Some(429) => bin.limited += 1,
+                Some(429) => bin.limited += c.count,
                 Some(200..=299) => {}
-                _ => bin.failed += 1,
+                _ => bin.failed += c.count,
             }
-            let took = c.duration_ms.unwrap_or(0).max(0);
-            if c.http_status.is_some() {
-                durations.push(took as u64);
-            }
-            // Its time on the wire, spread over the bins it spans.
-            let (mut from, to) = (c.started_ms, c.started_ms + took);
-            while from < to {
-                let j = ((from - origin_ms) / bin_ms) as usize;
-                let bin_end = origin_ms + (j as i64 + 1) * bin_ms;
-                let part = to.min(bin_end) - from;
+            // Their time on the wire, from the second they were sent in,
+            // spread over the bins it spans.
+            let (mut at, to) = (from, from + c.wire_ms / c.count.max(1) as i64);
+            while at < to {
+                let j = (at / bin_ms) as usize;
+                let part = to.min((j as i64 + 1) * bin_ms) - at;
                 if let Some(b) = bins.get_mut(j) {
-                    b.in_flight += part as f64 / bin_ms as f64;
+                    b.in_flight += part as f64 * c.count as f64 / bin_ms as f64;
                 }
-                from += part;
+                at += part;
             }
         }
         let mut responses: Vec<(Option<u16>, u64)> = responses.into_iter().collect();
@@ -175,6 +178,11 @@ pub async fn night(db: &Db, id: &str) -> anyhow::Result<Option<Night>> {
         {
             counts.merge(&line.counts);
         }
+        let durations: Vec<(u64, u64)> = latencies
+            .iter()
+            .filter(|l| l.0 == api)
+            .map(|l| (l.1, l.2))
+            .collect();
         apis.push(ApiNight {
             api,
             counts,
@@ -210,30 +218,43 @@ fn held_spans(samples: &[Sample]) -> Vec<(i64, i64, Held)> {
     spans
 }
 
-fn latency(mut d: Vec<u64>) -> Latency {
-    if d.is_empty() {
+/// Percentiles and a histogram from `(milliseconds, calls)` pairs.
+fn latency(mut d: Vec<(u64, u64)>) -> Latency {
+    let count: u64 = d.iter().map(|x| x.1).sum();
+    if count == 0 {
         return Latency::default();
     }
     d.sort_unstable();
-    let at = |q: f64| d[((d.len() - 1) as f64 * q).round() as usize];
+    // The value at rank `q` of the calls, counting through the pairs.
+    let at = |q: f64| {
+        let rank = ((count - 1) as f64 * q).round() as u64;
+        let mut seen = 0;
+        for (ms, n) in &d {
+            seen += n;
+            if seen > rank {
+                return *ms;
+            }
+        }
+        d.last().map_or(0, |x| x.0)
+    };
     let mut histogram: Vec<(u64, u64)> = LATENCY_EDGES.iter().map(|e| (*e, 0)).collect();
     let mut k = 0;
-    for v in &d {
-        while *v > histogram[k].0 {
+    for (ms, n) in &d {
+        while *ms > histogram[k].0 {
             k += 1;
         }
-        histogram[k].1 += 1;
+        histogram[k].1 += n;
     }
     // Leave out the empty bins above the slowest call.
     while histogram.len() > 1 && histogram.last().is_some_and(|b| b.1 == 0) {
         histogram.pop();
     }
     Latency {
-        count: d.len() as u64,
+        count,
         p50_ms: at(0.5),
         p90_ms: at(0.9),
         p99_ms: at(0.99),
-        max_ms: *d.last().unwrap_or(&0),
+        max_ms: d.last().map_or(0, |x| x.0),
         histogram,
     }
 }
@@ -244,10 +265,16 @@ mod tests {
 
     #[test]
     fn latency_percentiles_and_histogram() {
-        let l = latency((1..=100).collect());
+        let l = latency((1..=100).map(|ms| (ms, 1)).collect());
         assert_eq!((l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms), (51, 90, 99, 100));
         assert_eq!(l.histogram.iter().map(|b| b.1).sum::<u64>(), 100);
         assert_eq!(l.histogram.last(), Some(&(100, 50)));
+        // The same calls counted in pairs of equal times.
+        let pairs = latency(vec![(30, 60), (10, 30), (500, 10)]);
+        assert_eq!(
+            (pairs.count, pairs.p50_ms, pairs.p90_ms, pairs.max_ms),
+            (100, 30, 30, 500)
+        );
     }
 
     #[test]

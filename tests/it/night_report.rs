@@ -379,3 +379,25 @@ async fn the_page_renders_in_chromium_without_console_errors() {
         "a screenshot of a drawn page"
     );
 }
+
+/// To a terminal, the page is not written: convoy says how to save it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_to_a_terminal_says_how_to_save_the_page() {
+    let w = Work::new();
+    w.write("a.csv", "op,conversation_id\nattention.archive,c1\n");
+    w.run(None, &["run", "a.csv", "--sandbox", "--batch", "t"])
+        .await
+        .expect(0);
+    // `script` runs the command on a pseudo-terminal (util-linux).
+    let convoy = env!("CARGO_BIN_EXE_convoy");
+    let cmd = format!("{convoy} --db {} report t", w.db.display());
+    let out = tokio::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .await
+        .expect("run script");
+    let seen = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{seen}");
+    assert!(seen.contains("convoy report t > night.html"), "{seen}");
+    assert!(!seen.contains("<html"), "no page on the terminal: {seen}");
+}
