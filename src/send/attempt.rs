@@ -1,14 +1,15 @@
 //! One call's attempts ([`Executor::exchange`]): backoff with jitter, the
 //! write's `in_flight` mark committed while its slot comes, a place on the
 //! wire within the lane's limit, and each answer fed back to the pacer, the
-//! outage detector and the audit.
+//! outage detector and the audit; and a row's [`Outcome`] from its last
+//! attempt ([`outcome`]).
 
 use super::feed::Job;
 use super::health::{StopReason, Wire};
 use super::http::{Attempted, Verdict};
 use super::lane::{ApiLane, OnWire};
 use super::{Executor, MARK_LEAD};
-use crate::audit::AttemptRecord;
+use crate::audit::{AttemptRecord, Outcome, RowStatus};
 use std::sync::atomic::Ordering::Relaxed;
 use tokio::time::Instant;
 
@@ -305,5 +306,36 @@ impl Executor {
                 _ = self.cancel.cancelled() => return None,
             }
         }
+    }
+}
+
+/// A row's outcome; `extra` says more than its last attempt's error.
+pub(super) fn outcome(
+    job: &Job,
+    status: RowStatus,
+    last: Option<Attempted>,
+    attempts: u32,
+    extra: Option<String>,
+    changes: Option<String>,
+) -> Outcome {
+    let (http_status, error, response, snapshot) = match last {
+        Some(a) => (a.http_status, a.error, a.response, a.snapshot),
+        None => (None, None, None, None),
+    };
+    let error = match (extra, error) {
+        (Some(x), Some(e)) => Some(format!("{x} (last attempt: {e})")),
+        (Some(x), None) => Some(x),
+        (None, e) => e,
+    };
+    Outcome {
+        id: job.id,
+        row_key: job.row_key.clone(),
+        status,
+        attempts,
+        http_status,
+        error,
+        response,
+        snapshot,
+        changes,
     }
 }

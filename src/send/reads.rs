@@ -4,9 +4,8 @@
 //! A conversation is read once per batch and kept ([`States`]).
 
 use super::Executor;
-use super::attempt::{Budget, End};
+use super::attempt::{Budget, End, outcome};
 use super::feed::Job;
-use super::row::outcome;
 use crate::audit::{self, Outcome, ReadRecord, RowStatus};
 use crate::edit::Api;
 use crate::live;

@@ -3,9 +3,9 @@
 //! a final answer or the attempts run out.
 
 use super::Executor;
-use super::attempt::{Budget, End};
+use super::attempt::{Budget, End, outcome};
 use super::feed::Job;
-use super::http::{Attempted, Verdict};
+use super::http::Verdict;
 use super::reads::Judged;
 use crate::audit::{Outcome, RowStatus};
 use crate::options::Live;
@@ -108,36 +108,5 @@ impl Executor {
     pub(super) async fn left_pending(&self, outcome: Outcome) {
         self.counters.left_pending.fetch_add(1, Relaxed);
         let _ = self.recorder.finished(outcome).await;
-    }
-}
-
-/// A row's outcome; `extra` says more than its last attempt's error.
-pub(super) fn outcome(
-    job: &Job,
-    status: RowStatus,
-    last: Option<Attempted>,
-    attempts: u32,
-    extra: Option<String>,
-    changes: Option<String>,
-) -> Outcome {
-    let (http_status, error, response, snapshot) = match last {
-        Some(a) => (a.http_status, a.error, a.response, a.snapshot),
-        None => (None, None, None, None),
-    };
-    let error = match (extra, error) {
-        (Some(x), Some(e)) => Some(format!("{x} (last attempt: {e})")),
-        (Some(x), None) => Some(x),
-        (None, e) => e,
-    };
-    Outcome {
-        id: job.id,
-        row_key: job.row_key.clone(),
-        status,
-        attempts,
-        http_status,
-        error,
-        response,
-        snapshot,
-        changes,
     }
 }
