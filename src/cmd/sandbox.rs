@@ -49,7 +49,7 @@ pub struct SandboxArgs {
     #[arg(long)]
     pub max_in_flight: Option<usize>,
 
-    /// With a limit: also send RateLimit-Limit, -Remaining and -Reset.
+    /// With a limit: also send RateLimit-Limit, -Remaining, -Reset and -Policy (the limit stated).
     #[arg(long)]
     pub rate_headers: bool,
 

@@ -41,6 +41,10 @@ struct State {
     paused_total: Duration,
     fixed: Option<f64>,
     auto: Option<Auto>,
+    /// The limit the API states in its answers (`RateLimit-Policy`), in
+    /// calls per second: `auto` paces at it (less the fixed margin) until a
+    /// 429 teaches it less, and never climbs above it.
+    stated: Option<f64>,
     /// `auto` remembers what it learned; `0` (unlimited) reacts to 429s the same way but forgets.
     remember: bool,
     quota: Quota,
@@ -56,9 +60,18 @@ const LONG_PAUSE: Duration = Duration::from_secs(2);
 const FIXED_MARGIN: f64 = 0.99;
 
 impl State {
+    /// The pace `auto` holds: its own, within what the API states.
+    fn auto_pace(&self, a: &Auto) -> Option<f64> {
+        let stated = self.stated.map(|r| r * FIXED_MARGIN);
+        match (a.rate(), stated) {
+            (Some(r), Some(s)) => Some(r.min(s)),
+            (r, s) => r.or(s),
+        }
+    }
+
     fn interval(&self) -> Option<Duration> {
         let rate = match &self.auto {
-            Some(a) => a.rate(),
+            Some(a) => self.auto_pace(a),
             None => self.fixed.map(|r| r * FIXED_MARGIN),
         }?;
         Some(Duration::from_secs_f64(1.0 / rate))
@@ -146,6 +159,7 @@ impl Pacer {
                 paused_total: Duration::ZERO,
                 fixed,
                 auto,
+                stated: None,
                 remember,
                 quota: Quota {
                     remembered: remembered.window_quota.filter(|_| remember),
@@ -318,17 +332,33 @@ impl Pacer {
     pub fn rate(&self) -> Option<f64> {
         let s = self.lock();
         match &s.auto {
-            Some(a) => a.rate(),
+            Some(a) => s.auto_pace(a),
             None => s.fixed,
         }
     }
 
-    /// The rate worth remembering for the next run (auto only, once it has learned one).
+    /// The API stated its limit, in calls per second (`RateLimit-Policy`):
+    /// `auto` and `0` pace at it from now on; a fixed rate is the user's word.
+    pub fn stated(&self, rate: f64) {
+        let mut s = self.lock();
+        if s.auto.is_some() && s.stated != Some(rate) {
+            s.stated = Some(rate);
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// The rate worth remembering for the next run (auto only, once it has
+    /// learned one, or the API stated one).
     pub fn learned(&self) -> Option<f64> {
         let s = self.lock();
         if !s.remember {
             return None;
         }
-        s.auto.as_ref().and_then(Auto::learned)
+        let a = s.auto.as_ref()?;
+        let stated = s.stated.map(|r| r * FIXED_MARGIN);
+        match (a.learned(), stated) {
+            (Some(l), Some(st)) => Some(l.min(st)),
+            (l, st) => l.or(st),
+        }
     }
 }

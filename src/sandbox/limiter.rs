@@ -119,6 +119,18 @@ impl Limiter {
         }
     }
 
+    /// `RateLimit-Policy` as the IETF draft writes it: the quota and its
+    /// window in seconds (`50;w=1`; a bucket states its rate per second).
+    pub fn policy(&self) -> String {
+        let l = self.limit;
+        match l.shape {
+            Shape::Bucket => format!("{};w=1", l.rate.round() as u64),
+            Shape::Window | Shape::Sliding => {
+                format!("{};w={}", l.per_window(), l.window.as_secs().max(1))
+            }
+        }
+    }
+
     /// The `RateLimit-*` headers as of `now`: the limit per second, calls
     /// left now, and whole seconds until they are all back.
     pub fn headers(&self, now: Instant) -> [(&'static str, u64); 3] {

@@ -51,7 +51,8 @@ pub struct Config {
     pub retry_after: bool,
     /// More calls than this in flight at once (per API) are answered 429.
     pub max_in_flight: Option<usize>,
-    /// Also send `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`.
+    /// Also send `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset`
+    /// and `RateLimit-Policy` (the limit stated: `50;w=1`).
     pub rate_headers: bool,
     /// Share of calls answered 500, 502 or 503 (nothing applied).
     pub fail_rate: f64,
@@ -144,9 +145,18 @@ pub enum Scripted {
     Redirect { status: u16, location: String },
 }
 
-fn add_quota(r: &mut Response<Full<Bytes>>, quota: Option<[(&'static str, u64); 3]>) {
-    for (name, value) in quota.into_iter().flatten() {
+/// The `RateLimit-*` headers of an answer, and the policy they come under.
+type Quota = ([(&'static str, u64); 3], String);
+
+fn add_quota(r: &mut Response<Full<Bytes>>, quota: Option<Quota>) {
+    let Some((values, policy)) = quota else {
+        return;
+    };
+    for (name, value) in values {
         r.headers_mut().insert(name, value.into());
+    }
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&policy) {
+        r.headers_mut().insert("ratelimit-policy", v);
     }
 }
 
@@ -699,7 +709,7 @@ impl State {
             let now = Instant::now();
             let verdict = limiter.check(now);
             if self.config.rate_headers {
-                quota = Some(limiter.headers(now));
+                quota = Some((limiter.headers(now), limiter.policy()));
             }
             if let Err(wait) = verdict {
                 let mut r = bad(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");

@@ -138,6 +138,9 @@ impl Executor {
             }
             self.counters.http_attempts.fetch_add(1, Relaxed);
             let verdict = a.verdict;
+            if let Some(rate) = a.stated {
+                lane.pacer.stated(rate);
+            }
             if let Some(pause) = a.retry_after {
                 let until = Instant::now() + pause.min(self.settings.max_retry_after);
                 if verdict == Verdict::RateLimited || a.quota_spent {

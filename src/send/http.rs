@@ -36,6 +36,7 @@ impl Executor {
             snapshot: None,
             retry_after: None,
             quota_spent: false,
+            stated: None,
             verdict: Verdict::Retry,
         };
         match req.send().await {
@@ -46,6 +47,7 @@ impl Executor {
                 let status = resp.status();
                 a.http_status = Some(status.as_u16());
                 a.retry_after = resp.headers().get(RETRY_AFTER).and_then(parse_retry_after);
+                a.stated = stated_rate(resp.headers());
                 let resp_location = resp
                     .headers()
                     .get(LOCATION)
@@ -130,6 +132,8 @@ pub(super) struct Attempted {
     pub(super) retry_after: Option<Duration>,
     /// A success whose `RateLimit-Remaining` was 0.
     pub(super) quota_spent: bool,
+    /// The limit the API stated, in calls per second ([`stated_rate`]).
+    pub(super) stated: Option<f64>,
     pub(super) verdict: Verdict,
 }
 
@@ -299,6 +303,40 @@ pub fn quota_spent(headers: &HeaderMap) -> Option<Duration> {
     Some(Duration::from_secs_f64(secs.max(0.0)))
 }
 
+/// The limit an API states for itself, in calls per second: the strictest
+/// of the quota policies it sends with a window, as the IETF draft writes
+/// them (`RateLimit-Policy: 100;w=60`, `"burst";q=100;w=60`, also in
+/// `RateLimit-Limit`). `None` when it states none with a window (a bare
+/// `X-RateLimit-Limit` does not say per what).
+pub fn stated_rate(headers: &HeaderMap) -> Option<f64> {
+    let mut strictest: Option<f64> = None;
+    for name in ["ratelimit-policy", "x-ratelimit-policy", "ratelimit-limit"] {
+        for value in headers.get_all(name) {
+            let Ok(text) = value.to_str() else { continue };
+            for policy in text.split(',') {
+                let (mut quota, mut window) = (None, None);
+                for (i, part) in policy.split(';').map(str::trim).enumerate() {
+                    match part.split_once('=') {
+                        Some(("q", v)) => quota = v.trim().parse::<f64>().ok(),
+                        Some(("w", v)) => window = v.trim().parse::<f64>().ok(),
+                        Some(_) => {}
+                        None if i == 0 => quota = part.parse::<f64>().ok(),
+                        None => {}
+                    }
+                }
+                if let (Some(q), Some(w)) = (quota, window)
+                    && q > 0.0
+                    && w > 0.0
+                {
+                    let rate = q / w;
+                    strictest = Some(strictest.map_or(rate, |r| r.min(rate)));
+                }
+            }
+        }
+    }
+    strictest.filter(|r| r.is_finite())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,6 +366,32 @@ mod tests {
         let d = quota_spent(&x).unwrap();
         assert!((28..=30).contains(&d.as_secs()), "{d:?}");
         assert_eq!(quota_spent(&h(&[("ratelimit-remaining", "0")])), None);
+    }
+
+    #[test]
+    fn a_stated_limit_is_read_from_its_policies() {
+        let h = |name: &'static str, v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(name, HeaderValue::from_str(v).unwrap());
+            m
+        };
+        assert_eq!(stated_rate(&h("ratelimit-policy", "50;w=1")), Some(50.0));
+        assert_eq!(
+            stated_rate(&h("ratelimit-policy", "100;w=10, 5000;w=3600")),
+            Some(5000.0 / 3600.0)
+        );
+        let named = h(
+            "ratelimit-policy",
+            "\"burst\";q=100;w=60, \"day\";q=1000;w=86400",
+        );
+        assert_eq!(stated_rate(&named), Some(1000.0 / 86400.0));
+        assert_eq!(
+            stated_rate(&h("ratelimit-limit", "100, 100;w=60")),
+            Some(100.0 / 60.0)
+        );
+        assert_eq!(stated_rate(&h("ratelimit-limit", "100")), None, "per what?");
+        assert_eq!(stated_rate(&h("x-ratelimit-limit", "5000")), None);
+        assert_eq!(stated_rate(&h("ratelimit-policy", "0;w=1, x;w=y")), None);
     }
 
     #[test]

@@ -120,6 +120,7 @@ impl ApiLane {
     }
 
     /// How many calls this lane may have in flight now. A hard `cap` wins.
+    /// Unpaced, the first call goes alone: its answer may state the limit.
     /// Otherwise Little's law: a pace of R calls/s with L s on the wire needs
     /// R × L in flight (plus headroom). Unpaced (no 429 yet), the budget
     /// grows from 16 by one per four answers, as TCP's slow start does, so a
@@ -141,6 +142,9 @@ impl ApiLane {
                 let need = (rate * latency * IN_FLIGHT_HEADROOM).ceil() as usize + 2;
                 need.clamp(AUTO_MIN_IN_FLIGHT, AUTO_MAX_IN_FLIGHT)
             }
+            // Unpaced, before any answer: one call, whose answer may state
+            // the API's limit (`RateLimit-Policy`) before a burst overruns it.
+            None if latency == 0.0 => 1,
             _ => (AUTO_START_IN_FLIGHT + self.uncrowded.load(Relaxed) as usize / 4)
                 .min(AUTO_MAX_IN_FLIGHT),
         }

@@ -274,3 +274,41 @@ async fn no_call_starts_during_a_retry_after_pause() {
         );
     }
 }
+
+/// An API that states its limit (`RateLimit-Policy: 100;w=1`) is paced at
+/// it from its first answer: the first call goes alone, and no call draws a
+/// 429 (an unpaced start of 16 calls overran a bucket holding 10). The
+/// stated pace is remembered for the next night.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stated_limit_is_kept_to_from_the_first_answer() {
+    let sb = sandbox(Config {
+        rate_limit: Some(100.0),
+        rate_headers: true,
+        latency: Some((
+            std::time::Duration::from_millis(5),
+            std::time::Duration::from_millis(15),
+        )),
+        ..Config::default()
+    })
+    .await;
+    let w = Work::new();
+    let rows: Vec<String> = (0..300)
+        .map(|i| format!("attention.archive,c{i},,"))
+        .collect();
+    let src = w.write("s.csv", &csv("op,conversation_id,agent_id,state", &rows));
+    w.run(Some(&sb), &["run", src.to_str().unwrap(), "--batch", "s"])
+        .await
+        .expect(0);
+    let limited = sb.requests().iter().filter(|r| r.status == 429).count();
+    assert_eq!(limited, 0, "429s against a limit the API stated");
+    let db = w.db().await;
+    let (rate,): (f64,) =
+        sqlx::query_as("SELECT rate_per_sec FROM learned_rates WHERE api = 'attention'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert!(
+        (98.0..=100.0).contains(&rate),
+        "remembered {rate}/s of a stated 100/s"
+    );
+}
