@@ -80,8 +80,7 @@ async fn a_pause_holds_everyone_then_resumes_at_pace() {
 }
 
 /// A call can be answered after a 429 that was read before it reached
-/// the API (and until the sixteenth session, a call that had taken its
-/// slot could even leave just after the 429 was read). Counted in
+/// the API. Counted in
 /// the level that follows the pause, it made that level look as if it
 /// never kept up with its pace, and the pace never climbed: while a
 /// limit stayed low, `bench.py auto` held 16/s under a 20/s limit.

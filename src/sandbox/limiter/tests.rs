@@ -80,12 +80,8 @@ fn window_of_a_second(rate: f64) -> Limit {
 /// and one more per four answers), a 429 pauses every call for its
 /// `Retry-After` (when the API sends one) from when it is read, not
 /// sent, so the calls already on the wire draw theirs too, and the row
-/// goes again. Returns (seconds, 429s).
-///
-/// Until the twelfth session the pause began when the refused call was
-/// sent and the unpaced budget grew by one per answer: first nights drew
-/// a fifth to a tenth of the 429s the sandbox shows, and a fixed 1 s
-/// window at ~150 ms read 75% (the sandbox: 65%; now 66%).
+/// goes again. Returns (seconds, 429s). (A pause begun when the refused
+/// call was sent drew a fifth to a tenth of the sandbox's 429s.)
 fn night(
     a: &mut Auto,
     limit: Limit,
