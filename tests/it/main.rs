@@ -2,6 +2,7 @@
 //! 127.0.0.1 that records every request, and real SQLite files.
 //!
 //! - `common`: the `Work` helper (temp dir, fixtures written from code, the binary run against a sandbox)
+//! - `concurrency`: `--concurrency N` as a hard cap on calls on the wire, counted at the sandbox
 //! - `run`: `convoy run`, issue by issue of the contract: the calls, order, retries, stops, secrets
 //! - `resume`: resume, Ctrl-C and SIGKILL: nothing lost, nothing sent twice
 //! - `hardening`: the bad-input corpus, the fault matrix, secrets
