@@ -39,16 +39,24 @@ impl Tally {
         self.add(RowStatus::parse(status).unwrap_or(RowStatus::Invalid), n);
     }
 
+    /// The rows of one status.
+    pub fn get(&self, status: RowStatus) -> u64 {
+        match status {
+            RowStatus::Pending => self.pending,
+            RowStatus::InFlight => self.in_flight,
+            RowStatus::Succeeded => self.succeeded,
+            RowStatus::Failed => self.failed,
+            RowStatus::Invalid => self.invalid,
+            RowStatus::Held => self.held,
+            RowStatus::Skipped => self.skipped,
+        }
+    }
+
     /// Adds another tally's rows to this one.
     pub fn merge(&mut self, o: &Tally) {
-        self.rows += o.rows;
-        self.pending += o.pending;
-        self.in_flight += o.in_flight;
-        self.succeeded += o.succeeded;
-        self.failed += o.failed;
-        self.invalid += o.invalid;
-        self.held += o.held;
-        self.skipped += o.skipped;
+        for status in RowStatus::ALL {
+            self.add(status, o.get(status));
+        }
     }
 
     /// Rows that did not end as the user wanted: failed, invalid, held or still to send.
@@ -276,6 +284,15 @@ pub async fn batch_exists(db: &Db, id: &str) -> anyhow::Result<bool> {
         .fetch_optional(&db.pool)
         .await?;
     Ok(n.is_some())
+}
+
+/// The newest batch's name (as `convoy status` lists them, newest first).
+pub async fn latest_batch(db: &Db) -> anyhow::Result<Option<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT id FROM batches ORDER BY created_at DESC, id LIMIT 1")
+            .fetch_optional(&db.pool)
+            .await?,
+    )
 }
 
 /// The exit code of the batch's last run, resume or apply.

@@ -26,7 +26,7 @@ pub async fn run(g: &Global, a: ReportArgs) -> Result<ExitCode, super::Error> {
     let db = super::open_existing(g).await?;
     let name = match a.batch {
         Some(n) => n,
-        None => report::latest(&db)
+        None => crate::audit::latest_batch(&db)
             .await?
             .ok_or_else(|| usage("the audit database holds no batch yet; run one first"))?,
     };

@@ -60,10 +60,11 @@ const LONG_PAUSE: Duration = Duration::from_secs(2);
 const FIXED_MARGIN: f64 = 0.99;
 
 impl State {
-    /// The pace `auto` holds: its own, within what the API states.
-    fn auto_pace(&self, a: &Auto) -> Option<f64> {
-        let stated = self.stated.map(|r| r * FIXED_MARGIN);
-        match (a.rate(), stated) {
+    /// `auto`'s pace `r` within what the API states (less the margin):
+    /// the stated pace alone while `auto` has none.
+    fn within_stated(&self, r: Option<f64>) -> Option<f64> {
+        let stated = self.stated.map(|s| s * FIXED_MARGIN);
+        match (r, stated) {
             (Some(r), Some(s)) => Some(r.min(s)),
             (r, s) => r.or(s),
         }
@@ -71,7 +72,7 @@ impl State {
 
     fn interval(&self) -> Option<Duration> {
         let rate = match &self.auto {
-            Some(a) => self.auto_pace(a),
+            Some(a) => self.within_stated(a.rate()),
             None => self.fixed.map(|r| r * FIXED_MARGIN),
         }?;
         Some(Duration::from_secs_f64(1.0 / rate))
@@ -332,7 +333,7 @@ impl Pacer {
     pub fn rate(&self) -> Option<f64> {
         let s = self.lock();
         match &s.auto {
-            Some(a) => s.auto_pace(a),
+            Some(a) => s.within_stated(a.rate()),
             None => s.fixed,
         }
     }
@@ -355,10 +356,6 @@ impl Pacer {
             return None;
         }
         let a = s.auto.as_ref()?;
-        let stated = s.stated.map(|r| r * FIXED_MARGIN);
-        match (a.learned(), stated) {
-            (Some(l), Some(st)) => Some(l.min(st)),
-            (l, st) => l.or(st),
-        }
+        s.within_stated(a.learned())
     }
 }

@@ -5,6 +5,7 @@
 //! to `FILE.tmp` and renamed, so a collector never reads half a file.
 
 use super::Night;
+use crate::audit::RowStatus;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -37,16 +38,8 @@ pub fn text(night: &Night, last_success_ms: Option<i64>) -> String {
     for line in &d.by_op {
         let api = line.api.clone().unwrap_or_else(|| "none".to_owned());
         let c = &line.counts;
-        for (status, n) in [
-            ("succeeded", c.succeeded),
-            ("failed", c.failed),
-            ("invalid", c.invalid),
-            ("held", c.held),
-            ("skipped", c.skipped),
-            ("pending", c.pending),
-            ("in_flight", c.in_flight),
-        ] {
-            *rows.entry((api.clone(), status)).or_default() += n;
+        for status in RowStatus::ALL {
+            *rows.entry((api.clone(), status.as_str())).or_default() += c.get(status);
         }
     }
     family(

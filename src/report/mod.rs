@@ -91,14 +91,6 @@ const LATENCY_EDGES: [u64; 16] = [
     u64::MAX,
 ];
 
-/// The newest batch's name, for `convoy report` without one.
-pub async fn latest(db: &Db) -> anyhow::Result<Option<String>> {
-    Ok(report::batches(db, None)
-        .await?
-        .first()
-        .map(|l| l.batch.clone()))
-}
-
 /// Gathers batch `id`'s night; `None` when there is no such batch. Its
 /// parts are read side by side (SQLite reads on several connections).
 pub async fn night(db: &Db, id: &str) -> anyhow::Result<Option<Night>> {

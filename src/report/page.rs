@@ -10,8 +10,8 @@
 //! and `code #resume-command`.
 
 use super::{ApiNight, Night};
-use crate::audit::Tally;
 use crate::audit::timeline::Held;
+use crate::audit::{RowStatus, Tally};
 use crate::text::shell_quote;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use std::fmt::Write as _;
@@ -101,34 +101,23 @@ pub fn render(night: &Night) -> String {
     .into_string()
 }
 
-const STATUSES: [&str; 7] = [
-    "succeeded",
-    "failed",
-    "invalid",
-    "held",
-    "skipped",
-    "pending",
-    "in_flight",
+/// The statuses as the tables show them, left to right.
+const STATUSES: [RowStatus; 7] = [
+    RowStatus::Succeeded,
+    RowStatus::Failed,
+    RowStatus::Invalid,
+    RowStatus::Held,
+    RowStatus::Skipped,
+    RowStatus::Pending,
+    RowStatus::InFlight,
 ];
-
-fn of(t: &Tally, status: &str) -> u64 {
-    match status {
-        "succeeded" => t.succeeded,
-        "failed" => t.failed,
-        "invalid" => t.invalid,
-        "held" => t.held,
-        "skipped" => t.skipped,
-        "pending" => t.pending,
-        _ => t.in_flight,
-    }
-}
 
 fn count_cells(t: &Tally) -> Markup {
     html! {
         td data-status="rows" { (t.rows) }
         @for s in STATUSES {
-            @let n = of(t, s);
-            td data-status=(s) class=[(n == 0).then_some("zero")] { (n) }
+            @let n = t.get(s);
+            td data-status=(s.as_str()) class=[(n == 0).then_some("zero")] { (n) }
         }
     }
 }
@@ -142,7 +131,7 @@ fn counts_table(night: &Night) -> Markup {
     }
     html! {
         table #counts {
-            tr { th.l { "API" } th { "rows" } @for s in STATUSES { th { (s.replace('_', " ")) } } }
+            tr { th.l { "API" } th { "rows" } @for s in STATUSES { th { (s.as_str().replace('_', " ")) } } }
             @for a in &night.apis { tr data-api=(a.api.name()) { td.l { (a.api.name()) } (count_cells(&a.counts)) } }
             @if none.rows > 0 { tr data-api="none" { td.l { "no API (invalid op)" } (count_cells(&none)) } }
             tr.total data-api="all" { td.l { "all" } (count_cells(&d.line.counts)) }
@@ -153,7 +142,7 @@ fn counts_table(night: &Night) -> Markup {
 fn ops_table(night: &Night) -> Markup {
     html! {
         table #ops {
-            tr { th.l { "op" } th { "rows" } @for s in STATUSES { th { (s.replace('_', " ")) } } }
+            tr { th.l { "op" } th { "rows" } @for s in STATUSES { th { (s.as_str().replace('_', " ")) } } }
             @for l in &night.detail.by_op {
                 tr data-op=(l.op.as_deref().unwrap_or("")) {
                     td.l { (l.op.as_deref().unwrap_or("(none)")) }
@@ -169,6 +158,13 @@ const LEFT: f64 = 52.0;
 const RIGHT: f64 = 12.0;
 const TOP: f64 = 14.0;
 const PW: f64 = W - LEFT - RIGHT;
+
+/// A chart `h` high: its plot's height, and where the plot's bottom is
+/// (the time axis's labels go below it).
+fn plot(h: f64) -> (f64, f64) {
+    let ph = h - TOP - 26.0;
+    (ph, TOP + ph)
+}
 
 /// Where second `t` (from the origin) is on a chart of `span` seconds.
 fn x_of(t: f64, span: f64) -> f64 {
@@ -206,8 +202,7 @@ fn time_axis(span: f64, top: f64, bottom: f64) -> Markup {
 
 fn timeline(night: &Night, a: &ApiNight) -> Markup {
     const H: f64 = 210.0;
-    let ph = H - TOP - 26.0;
-    let bottom = TOP + ph;
+    let (ph, bottom) = plot(H);
     let span = span_seconds(night, a);
     let w = night.bin_seconds as f64;
     let rate = |n: u64| n as f64 / w;
@@ -309,8 +304,7 @@ fn timeline(night: &Night, a: &ApiNight) -> Markup {
 
 fn in_flight(night: &Night, a: &ApiNight) -> Markup {
     const H: f64 = 110.0;
-    let ph = H - TOP - 26.0;
-    let bottom = TOP + ph;
+    let (ph, bottom) = plot(H);
     let span = span_seconds(night, a);
     let w = night.bin_seconds as f64;
     let most = a.bins.iter().map(|b| b.in_flight).fold(1.0_f64, f64::max) * 1.1;
@@ -340,8 +334,7 @@ fn in_flight(night: &Night, a: &ApiNight) -> Markup {
 fn latency(a: &ApiNight) -> Markup {
     let l = &a.latency;
     const H: f64 = 120.0;
-    let ph = H - TOP - 26.0;
-    let bottom = TOP + ph;
+    let (ph, bottom) = plot(H);
     let most = l.histogram.iter().map(|b| b.1).max().unwrap_or(1).max(1) as f64;
     let n = l.histogram.len().max(1) as f64;
     let bar = PW / n;
