@@ -221,17 +221,24 @@ def resume(work, figures):
     figures.append(("resume, 1,000,000 rows, all succeeded", f"nothing to do in {secs_none:.1f} s ({sent_none} sent); reading the source once (--dry-run): {read_once:.1f} s", "comparable"))
 
 
-def status(work, figures):
+def seeded_db(work, name, sample):
+    """An audit database made by a real run of `samples/SAMPLE` (the schema
+    and one batch), open for fast bulk writes: (path, connection)."""
     import sqlite3
-    db = os.path.join(work, "status.db")
+    db = os.path.join(work, name)
     sb = Sandbox("--no-log")
-    try:  # a real run makes the schema (and one real batch)
-        subprocess.run([BIN, "--db", db, "--quiet", "run", os.path.join(ROOT, "samples", "messy.csv"), "--batch", "seed"],
+    try:
+        subprocess.run([BIN, "--db", db, "--quiet", "run", os.path.join(ROOT, "samples", sample), "--batch", "seed"],
                        env=sb.env(), capture_output=True, check=False)
     finally:
         sb.stop()
     c = sqlite3.connect(db)
     c.execute("PRAGMA synchronous = OFF")
+    return db, c
+
+
+def status(work, figures):
+    db, c = seeded_db(work, "status.db", "messy.csv")
     for b in range(1000):
         bid = f"nightly-{b:04d}"
         day = f"2024-{1 + b // 28 % 12:02d}-{1 + b % 28:02d}T03:00:00.000Z"
@@ -270,16 +277,7 @@ def report_cost(work, figures):
     """`convoy report` of one batch of 1,000,000 rows sent over an hour (a
     429 for 1 in 100 rows, a 404 for 1 in 200), with a pacing sample a
     second: the page's time and size."""
-    import sqlite3
-    db = os.path.join(work, "report.db")
-    sb = Sandbox("--no-log")
-    try:  # a real run makes the schema
-        subprocess.run([BIN, "--db", db, "--quiet", "run", os.path.join(ROOT, "samples", "nightly.csv"), "--batch", "seed"],
-                       env=sb.env(), capture_output=True, check=False)
-    finally:
-        sb.stop()
-    c = sqlite3.connect(db)
-    c.execute("PRAGMA synchronous = OFF")
+    db, c = seeded_db(work, "report.db", "nightly.csv")
     start_ms = 1_767_000_000_000
     day = lambda ms: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
     c.execute("INSERT INTO batches (id, source, source_kind, columns, status, created_at, finished_at, options, send_seconds, exit_code) "
