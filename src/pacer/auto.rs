@@ -1,8 +1,42 @@
-//! The `auto` controller ([`Auto`]): pure logic on explicit instants. It
-//! starts unpaced (or from a remembered pace), estimates the API's limit from
-//! what it accepted before each 429, and holds just under it; a window found
-//! in the 429s is paced at its quota, and a cap on concurrent calls is left to
-//! [`Cap`](super::cap::Cap).
+//! The `auto` controller ([`Auto`]): pure logic on explicit instants, so it
+//! is tested without clocks. Its algorithm, in ten sentences (the names are
+//! [`Tuning`]'s):
+//!
+//! 1. Until the first 429 the lane is unpaced; the calls the API accepted
+//!    by then are its burst.
+//! 2. Slow start then doubles the pace from that burst every
+//!    `double_every` while the calls keep up (`kept_up`), until a 429.
+//! 3. Every 429 (one an episode: calls within an `instant` of the cut
+//!    belong to it) sets the pace `margin` under an estimate of the limit:
+//!    the most calls accepted in any stretch since the last 429, less the
+//!    burst, per second; or, after a `Retry-After` pause of a second, all
+//!    the calls accepted since that 429 (the limiter was empty then) over
+//!    the time since it.
+//! 4. A 429 within two climbs of the estimate pins the limit, as do
+//!    `evidence` estimates in a row that `agree`; otherwise a trial
+//!    `trial` above the estimate follows, so that the next 429 tightens it.
+//! 5. Unpinned, the pace climbs by `climb` every `step` without a 429;
+//!    pinned, it first waits `probe_after` (doubled by each climb that
+//!    fails, up to `probe_longest`), then climbs by `pinned_climb` every
+//!    `pinned_step`, and `evidence` such climbs held unpin it.
+//! 6. A level that held a whole step one climb under the 429 brackets the
+//!    limit more tightly than the estimate, less what a burst could have
+//!    hidden over it (a tenth of a second's, `small_burst`, or all of a
+//!    burst longer than `long_burst` seconds of the pace).
+//! 7. Two 429s at a rate that had held, within `probe_often`, mean the
+//!    limit dropped: the pace follows the new estimate, and the old rate
+//!    is tried again every `probe_often`.
+//! 8. A window of a second shows as the burst (at least `window_least`
+//!    calls) accepted again after a pause and no call more, or as none of
+//!    the unpaced start's late calls accepted: the pace goes to that quota
+//!    a second, less the wire's jitter, and holds until a 429 at it.
+//! 9. A cap on concurrent calls is told apart from a rate by the calls on
+//!    the wire at each answer ([`Cap`](super::cap::Cap)), and long windows
+//!    by their long `Retry-After` ([`Quota`](super::quota::Quota)).
+//! 10. What the next night starts from is the pace held, never above what
+//!     was measured accepted.
+//!
+//! What each rule is worth, measured, is in `docs/internals.md`.
 
 use super::cap::{CAP_REACHED, Cap, Explains};
 use super::rate::{AUTO_CEILING, AUTO_FLOOR, sane_rate};
@@ -10,115 +44,111 @@ use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// A level steps up only when the calls kept up with at least this share of
-/// its pace: a pace the run cannot reach (too few calls in flight, a slow
-/// API) proves nothing about the limit, and doubling it would run away.
-pub(super) const KEPT_UP: f64 = 0.8;
+/// Every tunable of `auto`, each with its reason. A change is judged by
+/// the simulated nights (`print_every_shape` in `sandbox::limiter`'s
+/// tests), then by `scripts/bench.py realworld long`.
+pub(super) struct Tuning {
+    /// Held this far under the estimated limit: room for the wire's
+    /// jitter, at a cost of half a point.
+    pub margin: f64,
+    /// Calls sent this close together are one moment: a 429's episode, the
+    /// shortest stretch an estimate rests on, and a small burst's worth.
+    pub instant: Duration,
+    /// Slow start doubles this often: a couple of round trips at ~150 ms.
+    pub double_every: Duration,
+    /// A level counts as reached only when its calls went out at this
+    /// share of its pace: a pace the run cannot reach proves nothing.
+    pub kept_up: f64,
+    /// How long a level must hold without a 429 before the next climb.
+    pub step: Duration,
+    /// Each climb, as a factor. A 429 within a climb of a level that held
+    /// brackets the limit, within two climbs of the estimate pins it; a
+    /// window's quota is the burst again within a climb.
+    pub climb: f64,
+    /// After a loose estimate, a trial this far above it (at most halfway
+    /// to the 429's rate): if the limit is there, its 429 comes late and
+    /// pins it.
+    pub trial: f64,
+    /// How long a pinned limit is trusted before a climb above it: each
+    /// failed climb costs a 429 and its pause, and doubles this (at most
+    /// `evidence` times).
+    pub probe_after: Duration,
+    /// Probes come this often: climbs above a pinned limit, and the old
+    /// rate after a limit dropped (two 429s at a held rate this close).
+    pub probe_often: Duration,
+    /// Three of a kind make a pattern: estimates that agree pin a limit,
+    /// climbs that held unpin it, the unpaced start's late 429s show a window.
+    pub evidence: u32,
+    /// A `Retry-After` pause of a window of a second runs this long, from
+    /// the 429 to the next call's arrival. The estimate from an emptied
+    /// limiter rests on at least the shorter.
+    pub second_pause: (Duration, Duration),
+    /// Without an estimate (the 429 came too soon), a 429 cuts the pace
+    /// by this factor; with one, never by more than two such cuts.
+    pub blind_cut: f64,
+}
 
-/// Slow start doubles the rate this often until the first 429.
-pub(super) const SLOW_START_STEP: Duration = Duration::from_millis(200);
+/// The one set of tunables.
+pub(super) const T: Tuning = Tuning {
+    margin: 0.995,
+    instant: Duration::from_millis(100),
+    double_every: Duration::from_millis(200),
+    kept_up: 0.8,
+    step: Duration::from_secs(2),
+    climb: 1.1,
+    trial: 1.15,
+    probe_after: Duration::from_secs(60),
+    probe_often: Duration::from_secs(4),
+    evidence: 3,
+    second_pause: (Duration::from_millis(900), Duration::from_millis(1500)),
+    blind_cut: 0.5,
+};
 
-/// A burst longer than this many seconds of the pace is a token bucket's (a
-/// window of a second's quota is about a second's worth): a level above the
-/// limit hides under it for seconds, so a level that held is taken less the
-/// whole burst. Taken less a tenth of a second's worth, 18 of 105 buckets of
-/// 1–20/s with 0.1–3 s of burst learned a pace above their limit (up to
-/// 16/s of 12/s), and the next night drew 429s from its start.
-pub(super) const LONG_BURST: f64 = 1.2;
+impl Tuning {
+    /// Estimates agree within the margin.
+    fn agree(&self) -> f64 {
+        1.0 - self.margin
+    }
 
-/// While climbing, how long a level must run without a 429 before the next step.
-pub(super) const STEP: Duration = Duration::from_secs(2);
+    /// Above a pinned limit, each climb is half a climb (on a log scale):
+    /// a level that held near a limit brackets it more tightly.
+    fn pinned_climb(&self) -> f64 {
+        self.climb.sqrt()
+    }
 
-/// Each climbing step, as a factor.
-pub(super) const CLIMB: f64 = 1.1;
+    /// The longest a pinned limit is trusted before a climb above it.
+    fn probe_longest(&self) -> Duration {
+        self.probe_after * 2u32.pow(self.evidence)
+    }
 
-/// After a loose estimate, a trial this much above it (at most halfway, on
-/// a log scale, to the rate that drew the 429): if the limit is there, the
-/// 429 comes late and pins it.
-pub(super) const TRY_ABOVE: f64 = 1.15;
+    /// A small burst, in seconds of the pace: an instant's worth.
+    fn small_burst(&self) -> f64 {
+        self.instant.as_secs_f64()
+    }
 
-/// A 429 at most this far above a level that held brackets the limit.
-pub(super) const BRACKETED: f64 = 1.12;
+    /// A long burst, in seconds of the pace: more than a window of a
+    /// second holds (a second's worth) by two climbs.
+    fn long_burst(&self) -> f64 {
+        self.climb * self.climb
+    }
 
-/// Held under the estimated limit by this factor.
-pub(super) const MARGIN: f64 = 0.995;
+    /// The deepest cut an estimate makes: two blind cuts.
+    fn deepest_cut(&self) -> f64 {
+        self.blind_cut * self.blind_cut
+    }
 
-/// A 429 at a rate at most this much above the estimate pins the limit: hold
-/// the estimate, don't climb.
-pub(super) const PINNED: f64 = 1.2;
+    /// The most a window's quota is taken down for the wire's jitter: a climb.
+    fn most_jitter(&self) -> f64 {
+        self.climb - 1.0
+    }
+}
 
-/// A call sent this soon after a cut belongs to the cut's episode: its 429
-/// does not cut again, its success does not count in the next level.
-pub(super) const SAME_EPISODE: Duration = Duration::from_millis(100);
-
-/// The shortest stretch an estimate of the limit rests on.
-pub(super) const SHORTEST: Duration = Duration::from_millis(100);
-
-/// Calls resumed at least this long after the 429 that emptied the
-/// limiter (its `Retry-After` pause): a window of a second has reset once,
-/// no more, when they reach it.
-pub(super) const PAUSED_A_WINDOW: Duration = Duration::from_millis(900);
-
-/// The most successes an estimate looks back over.
+/// The most successes an estimate looks back over: a bound on memory, not
+/// a tunable.
 pub(super) const EPISODE: usize = 4096;
 
-/// Cuts in a row whose estimates agree this closely (as a share) pin the
-/// limit however far above it their 429s came: a long burst hides each
-/// trial above it and the climb after, for a 429 every few seconds.
-pub(super) const AGREE: f64 = 0.01;
-
-pub(super) const AGREED: u32 = 3;
-
-/// How long a pinned limit is trusted before climbing above it: each step
-/// that fails costs a 429 and its `Retry-After` pause.
-pub(super) const PROBE_RARELY: Duration = Duration::from_secs(60);
-
-/// Each climb above a pinned limit that draws a 429 doubles the time to the
-/// next, up to this: a limit that stays put costs a `Retry-After` second a
-/// minute otherwise (1.6% of a long night).
-pub(super) const PROBE_LONGEST: Duration = Duration::from_secs(600);
-
-/// Above a pinned limit, each climbing step, as a factor, and how long it
-/// must hold: a level that held longer brackets the limit more tightly (it
-/// is taken less what a tenth of a second's burst could have hidden over
-/// its time: 5% over 2 s, 1% over 10 s).
-pub(super) const PINNED_CLIMB: f64 = 1.04;
-
-pub(super) const PINNED_STEP: Duration = Duration::from_secs(10);
-
-/// After this many small steps held above a pinned limit, it was no limit
-/// (or the API allows more now): climbing goes back to [`CLIMB`] a [`STEP`].
-pub(super) const PINNED_HELD: u32 = 2;
-
-/// After the API's limit dropped, how often to probe back to the old rate.
-pub(super) const PROBE_OFTEN: Duration = Duration::from_secs(4);
-
-/// A bound from a stretch of answers shorter than this rests on too few to
-/// bound the limit well: a cut goes no lower than [`SHORT_CUT`] of the rate.
-pub(super) const SHORT_EPISODE: Duration = Duration::from_secs(1);
-
-pub(super) const SHORT_CUT: f64 = 0.6;
-
-/// A second 429 at a rate that had held, this soon after the first, means
-/// the limit dropped a long way.
-pub(super) const DROPPED: Duration = Duration::from_secs(3);
-
-/// A window's quota: calls sent above it after a pause had this many
-/// accepted at least (fewer tell nothing apart) and no more than the burst
-/// (as a share, plus one) over at least this long.
-pub(super) const WINDOW_LEAST: f64 = 10.0;
-
-pub(super) const WINDOW_SAME: f64 = 1.05;
-
-pub(super) const WINDOW_OVER: Duration = Duration::from_millis(300);
-
-/// Sending resumed at most this long (and the wire's time) after the 429
-/// before it: longer windows are the quota gate's (see [`Quota`]).
-pub(super) const WINDOW_PAUSE: Duration = Duration::from_millis(1500);
-
-/// A 429 at a window's pace that had held is jitter in when calls reach it
-/// (once: a second means no window): the pace is nudged down this much.
-pub(super) const WINDOW_NUDGE: f64 = 0.97;
+/// Float tolerance: a rate this close to another is the same rate.
+const SAME: f64 = 1.001;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Phase {
@@ -130,41 +160,7 @@ pub(super) enum Phase {
     Steady,
 }
 
-/// The `auto` controller: pure logic on explicit instants, so it is tested
-/// without clocks.
-///
-/// The estimate: a token bucket (GCRA is one) accepts at most its burst plus
-/// `limit × t` calls in any stretch of time `t`. So the calls accepted since
-/// the last 429, over any stretch, less the burst, per second, bound the
-/// limit from below, and tightly when the stretch ran above the limit. The
-/// burst is what the API accepted at once before its first 429. And a
-/// bucket is empty when it answers 429: after the pause that follows, all
-/// the calls accepted since that 429, over the time since it, bound the
-/// limit with no burst to take off. Each call is taken to reach the API
-/// halfway through its round trip.
-///
-/// - Unpaced until the first 429; then slow start from the burst, doubling
-///   every 200 ms, until a 429.
-/// - Every 429 sets the rate to hold just under the estimate (no lower
-///   than 0.6 of the rate when the estimate rests on less than a second,
-///   or the rate was a trial).
-///   When the rate that drew it was well above (a loose estimate), a trial
-///   follows 15% above the estimate; otherwise the limit is pinned and
-///   held, with a climb above it only after a minute (and after each
-///   climb that failed twice as long, up to ten minutes); a 429 at that
-///   climb leaves the pace that held meanwhile (taken less a burst and the
-///   margin, a window of a second's pace sank 0.5–0.7% a minute). Four
-///   cuts in a row whose estimates agree within 1% pin it too, however far
-///   above it their 429s came (a burst of many seconds hides each trial).
-/// - Climbing: 10% more every 2 s without a 429.
-/// - Two 429s at a rate that had held, close together, mean the limit
-///   dropped: the rate follows the new estimate, and the old rate is probed
-///   every few seconds so a recovered limit is followed quickly.
-/// - A window of a second (after a pause, slow start had the burst accepted
-///   again and no call more; or none of the unpaced start's calls sent
-///   after its first 429 was accepted, while a bucket would have refilled
-///   one): the pace goes to that quota per second, less the wire's
-///   jitter, and holds.
+/// The `auto` controller (see the module's text for its algorithm).
 #[derive(Debug, Clone)]
 pub struct Auto {
     pub(super) ceiling: Option<f64>,
@@ -207,7 +203,7 @@ pub struct Auto {
     /// The last 429 at a rate that had held, and the hold before it.
     pub(super) held_failed: Option<(Instant, f64)>,
     /// The estimate the last cut made (0 before any), and how many cuts in
-    /// a row since made one within [`AGREE`] of the one before.
+    /// a row since made one within `Tuning::agree` of the one before.
     pub(super) last_estimate: f64,
     pub(super) agreed: u32,
     /// How long a pinned limit is trusted before the next climb above it.
@@ -220,10 +216,6 @@ pub struct Auto {
     /// paused as `emptied`'s, and the calls accepted from then to
     /// `emptied`: the bound from `emptied` extends back to it.
     pub(super) span: Option<(Instant, f64)>,
-    /// Whether a pause after a 429 ran longer than a window of a second's:
-    /// the API counts calls in long windows, whose quota a pause of a
-    /// second can find whole again, and [`Auto::estimate`] takes off bursts.
-    pub(super) long_pauses: bool,
     /// The highest level that held a whole step since the last 429 (0: none),
     /// and the bound on the limit it gives.
     pub(super) clean: (f64, f64),
@@ -243,8 +235,8 @@ pub struct Auto {
     pub(super) jitter: f64,
     /// The API counts calls in windows of a second (after a pause it
     /// accepted its whole quota again, and no call more): the pace is its
-    /// quota, a pace that more than two quotas went at is proven, and one
-    /// 429 at it is jitter. Until a 429 says otherwise; then never again.
+    /// quota, and a pace that more than `evidence` quotas went at is
+    /// proven. Until a 429 at it; then never again in the run.
     pub(super) window: Window,
 }
 
@@ -252,10 +244,9 @@ pub struct Auto {
 pub(super) enum Window {
     #[default]
     Unknown,
-    /// The highest pace proven (0: none yet), and whether a 429 was jitter.
+    /// The highest pace proven (0: none yet).
     Seen {
         proven: f64,
-        nudged: bool,
     },
     Refuted,
 }
@@ -285,17 +276,6 @@ pub(super) struct Storm {
     pub(super) judged: Option<Option<f64>>,
 }
 
-/// Evidence a window needs: 429s sent after the first one's, and the calls
-/// a bucket refilling the burst each second would have refilled meanwhile.
-/// A bucket refilling less may be taken for a window: its first 429 after
-/// the pause refutes the window, at the cost of a 429 or two (in a
-/// simulated sweep of 216 buckets, the nights of 9, all with 1–3 s of
-/// burst, changed: within a point on average, one draw 4 points lower
-/// at 97% of its limit, and 2–18% fewer 429s).
-pub(super) const STORM_LIMITED: u32 = 3;
-
-pub(super) const STORM_EXPECTED: f64 = 1.0;
-
 impl Auto {
     /// `remembered`: the rate an earlier run learned; the run starts there and holds.
     pub fn new(ceiling: Option<f64>, remembered: Option<f64>, now: Instant) -> Auto {
@@ -322,11 +302,10 @@ impl Auto {
             held_failed: None,
             last_estimate: 0.0,
             agreed: 0,
-            probe_every: PROBE_RARELY,
+            probe_every: T.probe_after,
             last_cut: None,
             emptied: None,
             span: None,
-            long_pauses: false,
             clean: (0.0, 0.0),
             bracketed: false,
             burst_hides: false,
@@ -343,11 +322,11 @@ impl Auto {
             // What was remembered already had the margin taken off the
             // bound it rests on: taking it off again each night made a
             // remembered pace shrink 0.5% a night.
-            a.proven = a.rate / MARGIN;
+            a.proven = a.rate / T.margin;
             // Its burst is unknown: assume a tenth of a second's worth.
-            a.burst = (a.rate * 0.1).max(1.0);
+            a.burst = (a.rate * T.small_burst()).max(1.0);
             a.pinned = true;
-            a.climb_at = Some(now + PROBE_RARELY);
+            a.climb_at = Some(now + T.probe_after);
         }
         a
     }
@@ -440,7 +419,7 @@ impl Auto {
             Window::Seen { proven, .. } => self.proven.max(proven),
             _ => self.proven,
         };
-        (self.phase == Phase::Steady && proven > 0.0).then_some(self.hold.min(proven * MARGIN))
+        (self.phase == Phase::Steady && proven > 0.0).then_some(self.hold.min(proven * T.margin))
     }
 
     /// Starts a new level at `rate`.
@@ -468,7 +447,7 @@ impl Auto {
         match self.level_sent {
             Some((first, last)) if self.level_calls >= least => {
                 let spread = last.saturating_duration_since(first).as_secs_f64();
-                spread > 0.0 && (self.level_calls - 1) as f64 / spread >= self.rate * KEPT_UP
+                spread > 0.0 && (self.level_calls - 1) as f64 / spread >= self.rate * T.kept_up
             }
             _ => false,
         }
@@ -476,7 +455,7 @@ impl Auto {
 
     /// Whether the pace is a climb above a pinned limit.
     pub(super) fn above_pinned(&self) -> bool {
-        self.pinned && self.rate > self.hold * 1.001
+        self.pinned && self.rate > self.hold * SAME
     }
 
     pub(super) fn level_ran(&self, now: Instant) -> Duration {
@@ -514,10 +493,10 @@ impl Auto {
         // A call sent just after the cut took its slot before the 429's
         // pause began: counted in the level set at the cut, it made the
         // level span the pause, look as if it never kept up, and never climb.
-        let before_pause = self.last_cut.is_some_and(|c| sent < c + SAME_EPISODE);
+        let before_pause = self.last_cut.is_some_and(|c| sent < c + T.instant);
         if self.level_at.is_none() && self.rate > 0.0 && !before_pause {
             // A level begins one interval before its first call.
-            let interval = Duration::from_secs_f64(1.0 / self.rate).min(STEP);
+            let interval = Duration::from_secs_f64(1.0 / self.rate).min(T.step);
             self.level_at = Some(sent.checked_sub(interval).unwrap_or(sent));
         }
         if !before_pause {
@@ -549,17 +528,14 @@ impl Auto {
                 // A window of a second: its quota a second is the pace, held
                 // as the quota found by slow start is (see `on_429`).
                 self.set(quota);
-                self.window = Window::Seen {
-                    proven: 0.0,
-                    nudged: false,
-                };
+                self.window = Window::Seen { proven: 0.0 };
                 self.hold = self.rate;
                 self.phase = Phase::Steady;
                 self.pinned = true;
-                self.climb_at = Some(now + PROBE_RARELY);
+                self.climb_at = Some(now + T.probe_after);
             }
             Phase::SlowStart => {
-                if self.level_ran(now) >= SLOW_START_STEP && self.kept_up() {
+                if self.level_ran(now) >= T.double_every && self.kept_up() {
                     self.set(self.rate * 2.0);
                 }
             }
@@ -567,11 +543,12 @@ impl Auto {
                 let due = |at: Option<Instant>| at.is_some_and(|at| now >= at);
                 let probe = self.before_drop.filter(|_| due(self.probe_at));
                 let step = if self.above_pinned() {
-                    PINNED_STEP
+                    T.probe_often
                 } else {
-                    STEP
+                    T.step
                 };
-                let quotas = self.level_calls as f64 > 2.0 * self.burst && self.kept_up();
+                let quotas =
+                    self.level_calls as f64 > f64::from(T.evidence) * self.burst && self.kept_up();
                 if let Window::Seen { proven, .. } = &mut self.window
                     && quotas
                 {
@@ -588,29 +565,29 @@ impl Auto {
                 let bound = self.estimate(arrived).unwrap_or(0.0);
                 self.proven = self.proven.max(bound);
                 self.hold = self.hold.max(bound.min(self.rate));
-                if self.before_drop.is_some_and(|d| self.hold >= d * 0.97) {
+                if self.before_drop.is_some_and(|d| self.hold >= d * T.margin) {
                     // Back where it was before the limit dropped.
                     self.before_drop = None;
-                    self.climb_at = Some(now + PROBE_RARELY);
+                    self.climb_at = Some(now + T.probe_after);
                     return;
                 }
                 match probe {
                     Some(d) => {
-                        self.probe_at = Some(now + PROBE_OFTEN);
+                        self.probe_at = Some(now + T.probe_often);
                         self.set(d);
                     }
                     None if self.kept_up() => {
                         // This level held: the limit is at least about it,
                         // less what a small burst (a tenth of a second's
                         // worth) could have hidden over the level's time,
-                        // or a long one (see [`LONG_BURST`]), or one a
+                        // or a long one (see `Tuning::long_burst`), or one a
                         // bracket's hold found hiding more, all of it.
-                        let slack = if (self.burst > self.rate * LONG_BURST || self.burst_hides)
+                        let slack = if (self.burst > self.rate * T.long_burst() || self.burst_hides)
                             && !matches!(self.window, Window::Seen { .. })
                         {
                             self.burst
                         } else {
-                            self.burst.min(self.rate * 0.1)
+                            self.burst.min(self.rate * T.small_burst())
                         };
                         let ran = self.level_ran(now).as_secs_f64();
                         if self.rate > self.clean.0 {
@@ -618,11 +595,18 @@ impl Auto {
                         }
                         if self.above_pinned() {
                             self.pinned_held += 1;
-                            self.pinned = self.pinned_held < PINNED_HELD;
+                            self.pinned = self.pinned_held < T.evidence;
                         }
-                        self.set(self.rate * if self.pinned { PINNED_CLIMB } else { CLIMB })
+                        self.set(
+                            self.rate
+                                * if self.pinned {
+                                    T.pinned_climb()
+                                } else {
+                                    T.climb
+                                },
+                        )
                     }
-                    None => self.climb_at = Some(now + STEP),
+                    None => self.climb_at = Some(now + T.step),
                 }
             }
         }
@@ -634,15 +618,10 @@ impl Auto {
     /// halfway through its own round trip, so latency, however long, biases
     /// the stretches neither way (timing them from send to answer read
     /// ~6% low at 150 ms). The best bound over the stretches that end at
-    /// `end` (at least [`SHORTEST`] long), and over the whole time since
+    /// `end` (at least `T.instant` long), and over the whole time since
     /// the 429 that emptied the limiter, less no burst.
     pub(super) fn estimate(&self, end: Instant) -> Option<f64> {
-        self.estimate_over(end).map(|(bound, _)| bound)
-    }
-
-    /// [`Auto::estimate`], and the stretch the best bound rests on.
-    pub(super) fn estimate_over(&self, end: Instant) -> Option<(f64, Duration)> {
-        let mut best: Option<(f64, Duration)> = None;
+        let mut best: Option<f64> = None;
         let n = self.episode.len();
         // The limiter was empty when the cut's 429 reached it: every call it
         // accepted since came out of what it refilled, burst or none. So
@@ -659,8 +638,8 @@ impl Auto {
                 // Less one: the limiter may have held most of a call's token then.
                 let calls = before + self.accepted_by(end) - 1.0;
                 let bound = calls / t.as_secs_f64();
-                if t >= SHORT_EPISODE && calls > 0.0 && best.is_none_or(|(b, _)| bound > b) {
-                    best = Some((bound, t));
+                if t >= T.second_pause.0 && calls > 0.0 && best.is_none_or(|b| bound > b) {
+                    best = Some(bound);
                 }
             }
         }
@@ -669,13 +648,13 @@ impl Auto {
                 continue;
             }
             let t = end.saturating_duration_since(*at);
-            if t < SHORTEST {
+            if t < T.instant {
                 continue;
             }
             let calls = (n - i) as f64 - self.burst;
             let bound = calls / t.as_secs_f64();
-            if calls > 0.0 && best.is_none_or(|(b, _)| bound > b) {
-                best = Some((bound, t));
+            if calls > 0.0 && best.is_none_or(|b| bound > b) {
+                best = Some(bound);
             }
         }
         best
@@ -718,7 +697,7 @@ impl Auto {
         // the cut was made (sent an instant after it: with a fast API, the
         // 429s of a whole unpaced start would otherwise cut slow start down
         // to a crawl).
-        if self.last_cut.is_some_and(|c| sent < c + SAME_EPISODE) {
+        if self.last_cut.is_some_and(|c| sent < c + T.instant) {
             return;
         }
         let probe_failed = self.phase == Phase::Steady
@@ -742,47 +721,27 @@ impl Auto {
             self.set(self.burst);
             return;
         }
-        // Without a bound to go by (the 429 came too soon), halve. A bound
-        // from a stretch shorter than [`SHORT_EPISODE`] rests on a handful
-        // of calls less a guessed burst, and can read half the limit (after
-        // a limit dropped to 20/s, a trial's 429 came 0.14 s in and read
-        // 10.9): it cuts to no less than [`SHORT_CUT`] of the rate, as AWS's
-        // adaptive retry cuts to 0.7 of its rate. So does a trial's 429: the
-        // trial follows a pause, so its stretch holds little beyond the
-        // burst it must subtract (a fixed 1 s window of 60 at ~150 ms read
-        // 8/s after a trial at 69/s, and the first night climbed back from
-        // 17/s: 65% of the limit, now 82%).
+        // Without a bound to go by (the 429 came too soon), halve.
         let end = midpoint(sent, now);
         // A window's quota, taken whole after a pause: the limit is known.
         let quota = self.phase == Phase::SlowStart
             && self.window == Window::Unknown
-            && rate > self.burst * WINDOW_SAME
-            && self.looks_windowed(end, cut_before);
+            && rate > self.burst * T.climb
+            && self.looks_windowed(cut_before);
         if quota {
-            self.window = Window::Seen {
-                proven: 0.0,
-                nudged: false,
-            };
+            self.window = Window::Seen { proven: 0.0 };
         }
-        if let Some(gap) = self.emptied.and_then(|p| self.resumed(p)) {
-            self.long_pauses |= gap > self.window_pause();
-        }
-        let best = self.estimate_over(end);
+        let bound = self.estimate(end);
         self.span = self
             .emptied_span()
             .map(|(from, before)| (from, before + self.accepted_by(end)));
         self.emptied = Some(end);
-        let bound = best.map(|(bound, _)| bound);
         if let Some(b) = bound {
             self.proven = self.proven.max(b.min(rate));
         }
-        let short = best.is_some_and(|(_, over)| over < SHORT_EPISODE);
-        let least = if (short || self.trial) && self.phase == Phase::Steady {
-            SHORT_CUT
-        } else {
-            0.25
-        };
-        let mut estimate = bound.map_or(rate * 0.5, |bound| bound.clamp(rate * least, rate));
+        let mut estimate = bound.map_or(rate * T.blind_cut, |bound| {
+            bound.clamp(rate * T.deepest_cut(), rate)
+        });
         // A level that held a whole step just under the one that drew the
         // 429 brackets the limit more tightly than the bound, which must
         // allow for a burst as large as a window's whole quota. When the
@@ -791,47 +750,35 @@ impl Auto {
         // holding a second's worth, met at ~50 ms, was held at 60/s and
         // learned 59/s): brackets take off the whole burst from then on.
         let (level, clean) = std::mem::take(&mut self.clean);
-        let held = self.phase == Phase::Steady && rate <= self.hold * 1.001;
+        let held = self.phase == Phase::Steady && rate <= self.hold * SAME;
         if self.bracketed && held {
             self.burst_hides = true;
         }
         self.bracketed =
-            self.phase == Phase::Steady && clean > estimate && rate <= level * BRACKETED;
+            self.phase == Phase::Steady && clean > estimate && rate <= level * T.climb * SAME;
         if self.bracketed {
             estimate = clean;
             self.proven = self.proven.max(clean);
         }
-        // A window's pace that had held drew a 429 after more than one
-        // window's quota went: calls reached it a little early or late (the
-        // wire's jitter), once. Within the first quota, or twice: the
-        // windows are longer than a second, or hold less now, or it is a
-        // token bucket whose burst looked like a quota.
-        let past_quota = self.episode.len() as f64 > self.burst * WINDOW_SAME + 1.0;
-        let (jitter, refuted) = match &mut self.window {
-            Window::Seen { nudged, .. } if held && past_quota && !*nudged && !quota => {
-                *nudged = true;
-                (true, false)
-            }
-            Window::Seen { .. } if held => {
-                self.window = Window::Refuted;
-                (false, true)
-            }
-            _ => (false, false),
-        };
+        // A window's pace that had held drew a 429: the windows are longer
+        // than a second, or hold less now, or it is a token bucket whose
+        // burst looked like a quota.
+        let refuted = held && matches!(self.window, Window::Seen { .. });
+        if refuted {
+            self.window = Window::Refuted;
+        }
         if quota {
             // Calls land as much early or late as their round trips vary:
             // a window of a second sees that share more of them.
-            estimate = self.burst.min(rate) * (1.0 - self.jitter.min(0.2));
-        } else if jitter {
-            estimate = estimate.max(rate * WINDOW_NUDGE);
+            estimate = self.burst.min(rate) * (1.0 - self.jitter_share());
         } else if probe_failed {
             // The first step above a pinned pace drew the 429: that pace
             // held a minute, and stands.
-            estimate = estimate.max(self.hold / MARGIN);
+            estimate = estimate.max(self.hold / T.margin);
         }
         self.episode.clear();
         let was_trial = self.trial;
-        let probe = self.before_drop.is_some_and(|d| rate >= d * 0.97);
+        let probe = self.before_drop.is_some_and(|d| rate >= d * T.margin);
         self.phase = Phase::Steady;
         // A pace that rested on a window refuted now had never held: no
         // limit dropped from it (a bucket of 2/s holding 40, taken for a
@@ -842,19 +789,18 @@ impl Auto {
         // along (hidden by the API's slack), or, twice in a row, the limit
         // dropped (and the old rate is worth probing again).
         let dropped = held
-            && !jitter
             && self
                 .held_failed
-                .is_some_and(|(at, _)| now.saturating_duration_since(at) < DROPPED);
+                .is_some_and(|(at, _)| now.saturating_duration_since(at) < T.probe_often);
         if dropped {
             // What was accepted before the drop tells of the old limit.
             self.span = None;
             let before = self.held_failed.map_or(0.0, |(_, b)| b);
             self.before_drop = Some(self.before_drop.map_or(before, |d| d.max(before)));
-        } else if held && !jitter {
+        } else if held {
             self.held_failed = Some((now, self.hold));
         }
-        let mut hold = estimate * MARGIN;
+        let mut hold = estimate * T.margin;
         if probe {
             // The limit has not come back yet: the hold stands.
             hold = hold.min(self.hold);
@@ -862,26 +808,26 @@ impl Auto {
         if let Some((_, before)) = self.held_failed.filter(|_| dropped) {
             // A bucket's burst usually scales with its rate.
             self.burst = (self.burst * hold / before).max(1.0);
-            self.probe_at = Some(now + PROBE_OFTEN);
+            self.probe_at = Some(now + T.probe_often);
         }
         self.hold = clamp(hold, self.ceiling);
         self.set(self.hold);
         // The limit lies between the estimate and the rate that drew the 429.
-        let agrees = (estimate / self.last_estimate - 1.0).abs() <= AGREE;
+        let agrees = (estimate / self.last_estimate - 1.0).abs() <= T.agree();
         self.agreed = if agrees { self.agreed + 1 } else { 0 };
         self.last_estimate = estimate;
-        let pinned = quota || rate <= estimate * PINNED || self.agreed >= AGREED;
+        let pinned = quota || rate <= estimate * T.climb * T.climb || self.agreed >= T.evidence;
         self.pinned = pinned;
         self.pinned_held = 0;
         self.probe_every = if probe_failed {
-            (self.probe_every * 2).min(PROBE_LONGEST)
+            (self.probe_every * 2).min(T.probe_longest())
         } else {
-            PROBE_RARELY
+            T.probe_after
         };
         if pinned {
             self.climb_at = Some(now + self.probe_every);
         } else if !was_trial && !probe {
-            let trial = (self.hold * TRY_ABOVE).min((self.hold * rate).sqrt());
+            let trial = (self.hold * T.trial).min((self.hold * rate).sqrt());
             self.set(trial.max(self.hold));
             self.trial = true;
             self.climb_at = Some(now);
@@ -890,31 +836,27 @@ impl Auto {
         }
     }
 
-    /// Whether the episode ended by a 429 at `end` shows a window of a
-    /// second: the calls it had accepted, sent right after a pause at a pace
+    /// Whether the episode just ended by a 429 shows a window of a second: the calls it had accepted, sent right after a pause at a pace
     /// above the burst per second, were the burst again and none more. A
     /// token bucket refills as they go (its burst and then its rate), and
     /// a slow one has not refilled its burst during the pause.
-    pub(super) fn looks_windowed(&self, end: Instant, cut_before: Option<Instant>) -> bool {
+    pub(super) fn looks_windowed(&self, cut_before: Option<Instant>) -> bool {
         let n = self.episode.len() as f64;
         let Some(first) = self.episode.front() else {
             return false;
         };
-        let over = end.saturating_duration_since(*first);
         let paused = cut_before.map_or(Duration::MAX, |c| first.saturating_duration_since(c));
-        self.burst >= WINDOW_LEAST
-            && paused <= self.window_pause()
-            && n >= self.burst * 0.8
-            && n <= self.burst * WINDOW_SAME + 1.0
-            && over >= WINDOW_OVER
+        paused <= self.window_pause()
+            && n >= self.burst * T.kept_up
+            && n <= self.burst * T.climb + 1.0
     }
 
     /// How long after `p` (when a 429 reached the API) the calls of this
     /// episode began to reach it: the pause after it. Calls sent before
     /// the 429 was read reach the API within a round trip (and
-    /// [`SAME_EPISODE`]) of it; they are no sign that sending resumed.
+    /// `T.instant`) of it; they are no sign that sending resumed.
     pub(super) fn resumed(&self, p: Instant) -> Option<Duration> {
-        let slipped = p + Duration::from_secs_f64(self.latency) + SAME_EPISODE;
+        let slipped = p + Duration::from_secs_f64(self.latency) + T.instant;
         let first = self.episode.iter().find(|at| **at > slipped)?;
         Some(first.saturating_duration_since(p))
     }
@@ -929,8 +871,8 @@ impl Auto {
         let p = self.emptied?;
         let paused = self
             .resumed(p)
-            .is_some_and(|gap| (PAUSED_A_WINDOW..=self.window_pause()).contains(&gap));
-        if !paused || self.long_pauses || self.episode.len() >= EPISODE {
+            .is_some_and(|gap| (T.second_pause.0..=self.window_pause()).contains(&gap));
+        if !paused || self.episode.len() >= EPISODE {
             return None;
         }
         Some(self.span.unwrap_or((p, 0.0)))
@@ -983,21 +925,26 @@ impl Auto {
             _ => 0.0,
         };
         let window = s.ok == 0
-            && s.limited >= STORM_LIMITED
-            && self.burst >= WINDOW_LEAST
-            && self.burst * span >= STORM_EXPECTED
+            && s.limited >= T.evidence
+            && self.burst * span >= 1.0
             && paused <= self.window_pause();
         // A window sees as large a share more of the calls as their round
         // trips vary.
-        let pace = window.then(|| self.burst * (1.0 - 2.0 * self.jitter.min(0.1)) * MARGIN);
+        let pace = window.then(|| self.burst * (1.0 - self.jitter_share()) * T.margin);
         self.storm.judged = Some(pace);
         pace
+    }
+
+    /// The share more of the calls a window of a second sees than their
+    /// pace, as their round trips vary.
+    fn jitter_share(&self) -> f64 {
+        (2.0 * self.jitter).min(T.most_jitter())
     }
 
     /// The longest a `Retry-After` pause of a window of a second runs, from
     /// the 429 to the next call's arrival.
     pub(super) fn window_pause(&self) -> Duration {
-        WINDOW_PAUSE + Duration::from_secs_f64(self.latency)
+        T.second_pause.1 + Duration::from_secs_f64(self.latency)
     }
 }
 

@@ -375,8 +375,7 @@ fn auto_against_every_limiter_shape_and_latency() {
 /// halving and climbing back from there, 10% every 2 s. At 1 and ~50 ms
 /// a first night used 84% and 80% (82% and 80% of a sliding window)
 /// and learned 89–90% for the nights after; now 91–98% and 95–99%
-/// (every call already on the wire when a 429 is read draws its own,
-/// and a 429 at a sliding window's pace can nudge it down 3%).
+/// (every call already on the wire when a 429 is read draws its own).
 /// Shapes that look alike at first are not taken for a window of a
 /// second: a window of 2 s (its `Retry-After` pauses 2 s) or a sliding
 /// one of 3 s, and token buckets whose burst is a second's worth or
@@ -620,13 +619,14 @@ fn auto_finds_an_unpublished_limit_then_starts_there_next_time() {
     assert_eq!(limited, 0, "second night");
 }
 
-/// Slow buckets with bursts of two and three seconds' worth: a level
-/// above the limit hid under the burst for longer than it ran, and the
-/// pace learned was up to a third above the limit (16/s of 12/s).
+/// Buckets with bursts of one and a quarter to three seconds' worth: a
+/// level above the limit hid under the burst for longer than it ran, and
+/// the pace learned was up to a third above the limit (16/s of 12/s;
+/// 239/s of 200/s when a burst of 1.25 s was taken for a small one).
 #[test]
 fn a_long_burst_does_not_teach_a_pace_above_the_limit() {
-    for rate in [1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0] {
-        for seconds in [2.0, 3.0] {
+    for rate in [1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 200.0] {
+        for seconds in [1.25, 2.0, 3.0] {
             for rtt in [(0.002, 0.002), (0.04, 0.06), (0.1, 0.2)] {
                 let limit = Limit {
                     rate,
@@ -644,6 +644,48 @@ fn a_long_burst_does_not_teach_a_pace_above_the_limit() {
             }
         }
     }
+}
+
+/// What `auto` learns in a night rests on lower bounds of the limit: for
+/// any token bucket (its rate, its burst, the wire's round trip and its
+/// spread drawn at random), it is never more than 4% above the bucket's
+/// rate. Not never above it: a bracket takes off a tenth of a second's
+/// burst, and a bucket of 60–260/s holding 0.3–0.55 s of it is learned up
+/// to 3.6% over (5 draws of 400). A long burst read as a small one was
+/// learned 17% over.
+#[test]
+fn what_is_learned_stays_near_any_buckets_rate() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+    let config = Config {
+        cases: 128,
+        ..Config::default()
+    };
+    let rng = TestRng::deterministic_rng(RngAlgorithm::ChaCha);
+    let mut runner = TestRunner::new_with_rng(config, rng);
+    let shapes = (
+        1.0f64..300.0,
+        0.05f64..3.0,
+        0.0005f64..0.2,
+        0.0f64..1.0,
+        7u64..10_000,
+    );
+    runner
+        .run(&shapes, |(rate, seconds, rtt, spread, seed)| {
+            SEED.set(seed);
+            let limit = holding(rate, (rate * seconds).max(1.0));
+            let mut a = Auto::new(None, None, Instant::now());
+            let rows = (rate * 30.0) as usize + 50;
+            night(&mut a, limit, (rtt, rtt * (1.0 + spread)), true, rows);
+            SEED.set(7);
+            let learned = a.learned().unwrap_or(0.0);
+            prop_assert!(
+                learned <= 1.04 * rate,
+                "{rate:.2}/s holding {seconds:.2} s, {rtt:.4} s: learned {learned:.2}"
+            );
+            Ok(())
+        })
+        .unwrap();
 }
 
 /// Buckets from 2/s to 300/s, holding a tenth of a second or a whole
@@ -766,7 +808,7 @@ fn estimates_that_agree_pin_a_limit_a_long_burst_hides() {
 /// above the pinned quota to see whether the limit rose. It never does,
 /// and each climb costs a 429 and a `Retry-After` second: once a minute,
 /// that was 1.6% of the night. Each failed climb doubles the wait for
-/// the next, up to ten minutes.
+/// the next, up to eight minutes.
 #[test]
 fn climbs_that_keep_failing_come_ever_less_often() {
     let limit = window_of_a_second(60.0);
@@ -792,8 +834,7 @@ fn a_limit_never_reached_teaches_nothing() {
 
 /// `bench.py auto`'s limit that drops from 50/s to 20/s at 15 s and
 /// comes back at 35 s, simulated at 1, ~50 and ~150 ms: most of the
-/// lower limit is used while it lasts (63–73%; 49% at 1 ms before a cut
-/// after a short episode went no lower than 0.6 of the rate), and the
+/// lower limit is used while it lasts, and the
 /// old rate is back within a few seconds of the recovery.
 #[test]
 fn auto_uses_most_of_a_limit_that_dropped() {
