@@ -44,6 +44,12 @@ use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::time::Instant;
 
+mod estimate;
+mod window;
+
+use estimate::midpoint;
+pub(super) use window::{Storm, Window};
+
 /// Every tunable of `auto`, each with its reason. A change is judged by
 /// the simulated nights (`print_every_shape` in `sandbox::limiter`'s
 /// tests), then by `scripts/bench.py realworld long`.
@@ -238,42 +244,6 @@ pub struct Auto {
     /// quota, and a pace that more than `evidence` quotas went at is
     /// proven. Until a 429 at it; then never again in the run.
     pub(super) window: Window,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub(super) enum Window {
-    #[default]
-    Unknown,
-    /// The highest pace proven (0: none yet).
-    Seen {
-        proven: f64,
-    },
-    Refuted,
-}
-
-/// The unpaced start's calls sent after the one that drew its first 429:
-/// a token bucket goes on refilling while they arrive, and accepts some;
-/// a window of a second (fixed or sliding) has nothing left to give until
-/// it turns. So when none of them was accepted, over a stretch in which a
-/// bucket refilling a burst a second would have refilled a call, the
-/// burst is a window's quota: once sending resumes after the pause, the
-/// pace is that quota a second (see [`Auto::storm_window`]), instead of
-/// slow start doubling from it. (Slow start finds a quota too, but only
-/// when the pause ended as a window began: at ~150 ms one that ended
-/// mid-window hid it, and a fixed window of 60 a second was paced at
-/// 41–52/s.)
-#[derive(Debug, Clone, Copy, Default)]
-pub(super) struct Storm {
-    /// When the call that drew the first 429 was sent.
-    pub(super) first: Option<Instant>,
-    /// Calls sent at least the jitter's margin after it: how many were
-    /// accepted, how many drew a 429, and the last one sent.
-    pub(super) ok: u32,
-    pub(super) limited: u32,
-    pub(super) last: Option<Instant>,
-    /// Once slow start resumed after the pause: the window's pace, if it
-    /// is one (judged once; the jitter it rests on moves on).
-    pub(super) judged: Option<Option<f64>>,
 }
 
 impl Auto {
@@ -612,54 +582,6 @@ impl Auto {
         }
     }
 
-    /// A lower bound of the limit from the calls that succeeded since the
-    /// last 429: a token bucket accepts at most its burst plus `limit × t`
-    /// calls in any stretch of time `t`. Each call is taken to reach the API
-    /// halfway through its own round trip, so latency, however long, biases
-    /// the stretches neither way (timing them from send to answer read
-    /// ~6% low at 150 ms). The best bound over the stretches that end at
-    /// `end` (at least `T.instant` long), and over the whole time since
-    /// the 429 that emptied the limiter, less no burst.
-    pub(super) fn estimate(&self, end: Instant) -> Option<f64> {
-        let mut best: Option<f64> = None;
-        let n = self.episode.len();
-        // The limiter was empty when the cut's 429 reached it: every call it
-        // accepted since came out of what it refilled, burst or none. So
-        // after a pause, the calls accepted since that 429, over the time
-        // since it, bound the limit with no burst to take off (a bucket of
-        // 12/s holding 25 refills only 12 in a pause of a second). So does
-        // a run of such pauses, from the 429 before the first of them.
-        if let (Some(p), Some(span)) = (self.emptied, self.emptied_span()) {
-            for (from, before) in [(p, 0.0), span] {
-                // Each end is when a call most likely reached the API; either
-                // may be off by as much as the round trips vary.
-                let t = end.saturating_duration_since(from)
-                    + Duration::from_secs_f64(2.0 * self.jitter);
-                // Less one: the limiter may have held most of a call's token then.
-                let calls = before + self.accepted_by(end) - 1.0;
-                let bound = calls / t.as_secs_f64();
-                if t >= T.second_pause.0 && calls > 0.0 && best.is_none_or(|b| bound > b) {
-                    best = Some(bound);
-                }
-            }
-        }
-        for (i, at) in self.episode.iter().enumerate().rev() {
-            if *at > end {
-                continue;
-            }
-            let t = end.saturating_duration_since(*at);
-            if t < T.instant {
-                continue;
-            }
-            let calls = (n - i) as f64 - self.burst;
-            let bound = calls / t.as_secs_f64();
-            if calls > 0.0 && best.is_none_or(|b| bound > b) {
-                best = Some(bound);
-            }
-        }
-        best
-    }
-
     /// A call sent at `sent`, with `wire` calls on the wire, drew a 429;
     /// its answer came at `now`.
     pub fn on_429(&mut self, sent: Instant, now: Instant, wire: usize) {
@@ -835,122 +757,6 @@ impl Auto {
             self.climb_at = Some(now);
         }
     }
-
-    /// Whether the episode just ended by a 429 shows a window of a second: the calls it had accepted, sent right after a pause at a pace
-    /// above the burst per second, were the burst again and none more. A
-    /// token bucket refills as they go (its burst and then its rate), and
-    /// a slow one has not refilled its burst during the pause.
-    pub(super) fn looks_windowed(&self, cut_before: Option<Instant>) -> bool {
-        let n = self.episode.len() as f64;
-        let Some(first) = self.episode.front() else {
-            return false;
-        };
-        let paused = cut_before.map_or(Duration::MAX, |c| first.saturating_duration_since(c));
-        paused <= self.window_pause()
-            && n >= self.burst * T.kept_up
-            && n <= self.burst * T.climb + 1.0
-    }
-
-    /// How long after `p` (when a 429 reached the API) the calls of this
-    /// episode began to reach it: the pause after it. Calls sent before
-    /// the 429 was read reach the API within a round trip (and
-    /// `T.instant`) of it; they are no sign that sending resumed.
-    pub(super) fn resumed(&self, p: Instant) -> Option<Duration> {
-        let slipped = p + Duration::from_secs_f64(self.latency) + T.instant;
-        let first = self.episode.iter().find(|at| **at > slipped)?;
-        Some(first.saturating_duration_since(p))
-    }
-
-    /// Since when the limiter has refilled every call it accepted, and the
-    /// calls it accepted before the last cut: from the last cut's 429 if
-    /// sending resumed a `Retry-After` pause of a second after it, and
-    /// back to the first 429 of a run of such episodes (over a longer
-    /// stretch the round trips' variation weighs less). `None` when no
-    /// pause or a long one came after the last cut.
-    pub(super) fn emptied_span(&self) -> Option<(Instant, f64)> {
-        let p = self.emptied?;
-        let paused = self
-            .resumed(p)
-            .is_some_and(|gap| (T.second_pause.0..=self.window_pause()).contains(&gap));
-        if !paused || self.episode.len() >= EPISODE {
-            return None;
-        }
-        Some(self.span.unwrap_or((p, 0.0)))
-    }
-
-    /// The calls of this episode accepted after the last cut's 429 and by
-    /// `end` (calls on the wire at the cut may have reached the API before
-    /// its 429 and still be answered after it).
-    pub(super) fn accepted_by(&self, end: Instant) -> f64 {
-        let after = self.emptied;
-        let counted = |at: &&Instant| **at <= end && after.is_none_or(|p| **at > p);
-        self.episode.iter().filter(counted).count() as f64
-    }
-
-    /// Counts a call of the unpaced start answered after its first 429.
-    pub(super) fn storm_answer(&mut self, sent: Instant, accepted: bool) {
-        let Some(first) = self.storm.first else {
-            return;
-        };
-        if sent < first + self.storm_margin() {
-            return; // it may have reached the API before the first 429's call
-        }
-        if accepted {
-            self.storm.ok += 1;
-        } else {
-            self.storm.limited += 1;
-        }
-        self.storm.last = self.storm.last.max(Some(sent));
-    }
-
-    /// How long after the first 429's call a call may still have reached
-    /// the API before it: the round trips' variation, twice.
-    pub(super) fn storm_margin(&self) -> Duration {
-        Duration::from_secs_f64(2.0 * self.jitter)
-    }
-
-    /// The pace of a window of a second the unpaced start met (see
-    /// [`Storm`]): judged once slow start resumed after a pause of a second
-    /// (longer windows are the quota gate's).
-    pub(super) fn storm_window(&mut self) -> Option<f64> {
-        if let Some(judged) = self.storm.judged {
-            return judged;
-        }
-        let paused = self.emptied.and_then(|p| self.resumed(p))?;
-        let s = &self.storm;
-        let span = match (s.first, s.last) {
-            (Some(first), Some(last)) => last
-                .saturating_duration_since(first + self.storm_margin())
-                .as_secs_f64(),
-            _ => 0.0,
-        };
-        let window = s.ok == 0
-            && s.limited >= T.evidence
-            && self.burst * span >= 1.0
-            && paused <= self.window_pause();
-        // A window sees as large a share more of the calls as their round
-        // trips vary.
-        let pace = window.then(|| self.burst * (1.0 - self.jitter_share()) * T.margin);
-        self.storm.judged = Some(pace);
-        pace
-    }
-
-    /// The share more of the calls a window of a second sees than their
-    /// pace, as their round trips vary.
-    fn jitter_share(&self) -> f64 {
-        (2.0 * self.jitter).min(T.most_jitter())
-    }
-
-    /// The longest a `Retry-After` pause of a window of a second runs, from
-    /// the 429 to the next call's arrival.
-    pub(super) fn window_pause(&self) -> Duration {
-        T.second_pause.1 + Duration::from_secs_f64(self.latency)
-    }
-}
-
-/// Halfway between a call's send and its answer: when it most likely reached the API.
-pub(super) fn midpoint(sent: Instant, answered: Instant) -> Instant {
-    sent + answered.saturating_duration_since(sent) / 2
 }
 
 pub(super) fn clamp(r: f64, ceiling: Option<f64>) -> f64 {
