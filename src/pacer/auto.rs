@@ -7,29 +7,31 @@
 //! 2. Slow start then doubles the pace from that burst every
 //!    `double_every` while the calls keep up (`kept_up`), until a 429.
 //! 3. Every 429 (one an episode: calls within an `instant` of the cut
-//!    belong to it) sets the pace `margin` under an estimate of the limit:
+//!    belong to it) sets the pace `margin` under an estimate of the limit
+//!    (cut by `blind_cut` when there is none yet):
 //!    the most calls accepted in any stretch since the last 429, less the
 //!    burst, per second; or, after a `Retry-After` pause of a second, all
 //!    the calls accepted since that 429 (the limiter was empty then) over
 //!    the time since it.
 //! 4. A 429 within two climbs of the estimate pins the limit, as do
-//!    `evidence` estimates in a row that `agree`; otherwise a trial
-//!    `trial` above the estimate follows, so that the next 429 tightens it.
+//!    `evidence` estimates in a row that agree within the `margin`;
+//!    otherwise a trial `trial` above the estimate follows, so that the
+//!    next 429 tightens it.
 //! 5. Unpinned, the pace climbs by `climb` every `step` without a 429;
 //!    pinned, it first waits `probe_after` (doubled by each climb that
-//!    fails, up to `probe_longest`), then climbs by `pinned_climb` every
-//!    `pinned_step`, and `evidence` such climbs held unpin it.
+//!    fails, at most `evidence` times), then climbs by half a climb every
+//!    `probe_often`, and `evidence` such climbs held unpin it.
 //! 6. A level that held a whole step one climb under the 429 brackets the
 //!    limit more tightly than the estimate, less what a burst could have
-//!    hidden over it (a tenth of a second's, `small_burst`, or all of a
-//!    burst longer than `long_burst` seconds of the pace).
+//!    hidden over it (an `instant`'s worth, or all of a burst longer than
+//!    two climbs over a second's worth of the pace).
 //! 7. Two 429s at a rate that had held, within `probe_often`, mean the
 //!    limit dropped: the pace follows the new estimate, and the old rate
 //!    is tried again every `probe_often`.
-//! 8. A window of a second shows as the burst (at least `window_least`
-//!    calls) accepted again after a pause and no call more, or as none of
-//!    the unpaced start's late calls accepted: the pace goes to that quota
-//!    a second, less the wire's jitter, and holds until a 429 at it.
+//! 8. A window of a second shows as the burst accepted again (within a
+//!    climb) after a pause of `second_pause` and no call more, or as none
+//!    of the unpaced start's late calls accepted: the pace goes to that
+//!    quota a second, less the wire's jitter, and holds until a 429 at it.
 //! 9. A cap on concurrent calls is told apart from a rate by the calls on
 //!    the wire at each answer ([`Cap`](super::cap::Cap)), and long windows
 //!    by their long `Retry-After` ([`Quota`](super::quota::Quota)).

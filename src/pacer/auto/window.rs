@@ -42,10 +42,11 @@ pub(in crate::pacer) struct Storm {
 }
 
 impl Auto {
-    /// Whether the episode just ended by a 429 shows a window of a second: the calls it had accepted, sent right after a pause at a pace
-    /// above the burst per second, were the burst again and none more. A
-    /// token bucket refills as they go (its burst and then its rate), and
-    /// a slow one has not refilled its burst during the pause.
+    /// Whether the episode just ended by a 429 shows a window of a second:
+    /// the calls it had accepted, sent right after a pause at a pace above
+    /// the burst per second, were the burst again and none more. A token
+    /// bucket refills as they go (its burst and then its rate), and a slow
+    /// one has not refilled its burst during the pause.
     pub(in crate::pacer) fn looks_windowed(&self, cut_before: Option<Instant>) -> bool {
         let n = self.episode.len() as f64;
         let Some(first) = self.episode.front() else {
